@@ -1,0 +1,43 @@
+# rollout-gates: `make demo` runs the main job on the embedded local platform,
+# `make test` runs lint, strict typing and the test suite. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SCENARIO ?= healthy
+
+.PHONY: install lint typecheck test demo bench-judge schema clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,onnx]'
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check rollout gates tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+schema: $(STAMP)
+	$(BIN)/rollout policy schema > policies/schema.json
+
+demo: $(STAMP)
+	@echo "== rollout compare on shipped example latencies (SD 1.5 512px, 25 steps) =="
+	@echo "-- green with a tail-only P95 regression (sequential judge, K=1) --"
+	-$(BIN)/rollout compare --blue bench/data/blue.jsonl --green bench/data/green-tail.jsonl
+	@echo
+	@echo "-- healthy green --"
+	-$(BIN)/rollout compare --blue bench/data/blue.jsonl --green bench/data/green-healthy.jsonl
+
+bench-judge: $(STAMP)
+	$(BIN)/python bench/judge.py --reps 500 --out bench/results/judge.md
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

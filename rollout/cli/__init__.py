@@ -1,0 +1,27 @@
+"""The ``rollout`` command line.
+
+Each command lives in its own module and registers itself on :data:`app`; heavy imports
+(kubernetes, numpy-heavy statistics) happen inside the commands so ``rollout --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from rollout.cli import policy
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="rollout",
+    help="Blue-green rollouts for Stable Diffusion services that prove green is fast.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,5 @@
+"""``python -m rollout.cli``."""
+
+from rollout.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""Helpers shared by every command: output format, JSON printing, bad-input exits.
+
+Exit codes are a contract with pipelines: 0 pass/promoted/admitted, 1 fail/rolled back,
+2 bad input (nothing was changed), 3 inconclusive/paused, 4 no data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from typing import Any, NoReturn
+
+import typer
+
+__all__ = ["EXIT_BAD_INPUT", "OutputFormat", "bad_input", "print_json"]
+
+EXIT_BAD_INPUT = 2
+
+
+class OutputFormat(StrEnum):
+    """``--output`` choices."""
+
+    text = "text"
+    json = "json"
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on stdout (stable key order for diffs in pipeline logs)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def bad_input(message: str, *, output: OutputFormat = OutputFormat.text) -> NoReturn:
+    """Report bad input on stderr (and as JSON on stdout when asked) and exit 2."""
+    if output is OutputFormat.json:
+        print_json({"verdict": "error", "error": message})
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)

@@ -1,0 +1,181 @@
+"""The ``RolloutPolicy`` language: what to roll out, how traffic moves, and what must be proved.
+
+Kubernetes-style envelope (``apiVersion``/``kind``/``metadata``/``spec``) with camelCase keys, so a
+policy reads like the manifests it sits beside. Every block forbids unknown keys: a typo such
+as ``maxRatoi`` must be an error with its line, not a silently ignored safety margin.
+Variants (targets, routers, gates) are discriminated unions keyed by ``type``, which is also
+the key of each extension point's registry.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from gates.latency import ErrorRateGateSpec, LatencyGateSpec
+
+__all__ = [
+    "API_VERSION",
+    "CanarySpec",
+    "GateSpec",
+    "HaproxyRouterSpec",
+    "KubernetesTarget",
+    "Metadata",
+    "NoneRouterSpec",
+    "ProcessTarget",
+    "PromotionSpec",
+    "RollbackSpec",
+    "RolloutPolicy",
+    "RolloutSpec",
+    "RouterSpec",
+    "StepSpec",
+    "TargetSpec",
+    "Targets",
+    "UrlTarget",
+]
+
+API_VERSION = "rollout-gates.dev/v1alpha1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
+                              frozen=True)
+
+
+class Metadata(_Model):
+    """Identity of the rollout; ``name`` keys its state, lock and history."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description=(
+        "DNS-1123 label: lower-case letters, digits and '-', at most 63 characters."))
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class UrlTarget(_Model):
+    """An already running SD server reachable at ``url``."""
+
+    type: Literal["url"] = "url"
+    url: str = Field(pattern=r"^https?://", description="Base URL, e.g. http://127.0.0.1:8001")
+
+
+class ProcessTarget(_Model):
+    """An SD server the local platform starts itself and stops on rollback or promotion."""
+
+    type: Literal["process"] = "process"
+    command: list[str] = Field(min_length=1, description="argv of the server process.")
+    url: str = Field(pattern=r"^https?://", description="Where the process will serve.")
+    env: dict[str, str] = Field(default_factory=dict)
+    ready_timeout_seconds: float = Field(120.0, gt=0)
+
+
+class KubernetesTarget(_Model):
+    """A Deployment plus the Service in front of it."""
+
+    type: Literal["kubernetes"] = "kubernetes"
+    namespace: str = "default"
+    deployment: str
+    service: str
+    port: int = Field(8000, ge=1, le=65535)
+
+
+TargetSpec = Annotated[UrlTarget | ProcessTarget | KubernetesTarget,
+                       Field(discriminator="type")]
+
+
+class Targets(_Model):
+    """The current (blue) and the new (green) deployment."""
+
+    blue: TargetSpec
+    green: TargetSpec
+
+
+class HaproxyRouterSpec(_Model):
+    """Weights set through HAProxy's runtime API (admin socket) and read back after each change."""
+
+    type: Literal["haproxy"] = "haproxy"
+    socket: str = Field(description="Path of HAProxy's admin stats socket.")
+    backend: str = "sd"
+    blue_server: str = "blue"
+    green_server: str = "green"
+
+
+class NoneRouterSpec(_Model):
+    """Analysis only: the pipeline switches traffic itself and acts on our exit code."""
+
+    type: Literal["none"] = "none"
+
+
+RouterSpec = Annotated[HaproxyRouterSpec | NoneRouterSpec, Field(discriminator="type")]
+
+
+class StepSpec(_Model):
+    """One traffic step: send ``weight`` percent to green, then analyse."""
+
+    weight: int = Field(ge=0, le=100, description="Percent of traffic on green in this step.")
+    pause_seconds: float = Field(0.0, ge=0, description="Live-traffic soak before analysis.")
+    canary: bool = Field(True, description="Run seeded canary requests during this step.")
+
+
+class CanarySpec(_Model):
+    """Seeded canary requests sent to both arms in shared time slices."""
+
+    prompts: str = Field("policies/prompts/sd15-512.yaml", description="Prompt-set file.")
+    api: Literal["openai", "a1111"] = "openai"
+    max_requests: int = Field(600, ge=1, description="Budget of green requests per analysis.")
+    concurrency: int = Field(8, ge=1, le=256)
+    blue_per_green: int = Field(1, ge=1, le=64, description="K blue requests per green one.")
+    warmup_requests: int = Field(2, ge=0)
+    timeout_seconds: float = Field(120.0, gt=0)
+
+
+GateSpec = Annotated[LatencyGateSpec | ErrorRateGateSpec, Field(discriminator="type")]
+
+
+class RollbackSpec(_Model):
+    """What happens when the evidence is not enough or a gate fails."""
+
+    on_inconclusive: Literal["pause", "rollback"] = Field("rollback", description=(
+        "Inconclusive analysis never promotes: pause for a human, or roll back."))
+    scale_down_delay_seconds: float = Field(30.0, ge=0)
+
+
+class PromotionSpec(_Model):
+    """Promotion and the verification that follows the switch."""
+
+    auto: bool = True
+    verify_seconds: float = Field(0.0, ge=0, description=(
+        "Post-switch verification window; a breach there still rolls back."))
+
+
+class RolloutSpec(_Model):
+    """Everything the controller needs to move traffic and judge green."""
+
+    platform: Literal["local", "kubernetes"] = "local"
+    targets: Targets
+    router: RouterSpec = Field(default_factory=NoneRouterSpec)
+    steps: list[StepSpec] = Field(min_length=1)
+    canary: CanarySpec = Field(default_factory=CanarySpec)
+    gates: list[GateSpec] = Field(min_length=1)
+    rollback: RollbackSpec = Field(default_factory=RollbackSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutSpec:
+        weights = [s.weight for s in self.steps]
+        if weights != sorted(weights):
+            raise ValueError(f"steps must not decrease green's weight, got {weights}")
+        names = [g.name for g in self.gates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"gate names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class RolloutPolicy(_Model):
+    """A complete rollout policy document."""
+
+    api_version: Literal["rollout-gates.dev/v1alpha1"]
+    kind: Literal["RolloutPolicy"]
+    metadata: Metadata
+    spec: RolloutSpec
