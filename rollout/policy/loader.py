@@ -117,12 +117,18 @@ def _real_path(data: Any, loc: tuple[int | str, ...]) -> tuple[Any, ...]:
             tag_pending = False
             continue
         keys.append(part)
-        if (isinstance(cur, dict) and part in cur) or (isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)):
-            cur = cur[part]
-        else:
-            cur = None
+        cur = _child(cur, part)
         tag_pending = True
     return tuple(keys)
+
+
+def _child(cur: Any, part: int | str) -> Any:
+    """The document node under ``part``, or None when the key or index is not there."""
+    if isinstance(cur, dict):
+        return cur.get(part)
+    if isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+        return cur[part]
+    return None
 
 
 def _nearest_line(lines: dict[tuple[Any, ...], int], keys: tuple[Any, ...]) -> int:
