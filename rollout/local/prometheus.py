@@ -1,0 +1,53 @@
+"""Run Prometheus on loopback scraping the blue and green servers, labelled by colour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from rollout.local.processes import ManagedProcess, require_binary, start_process, wait_until
+
+__all__ = ["prometheus_config", "start_prometheus"]
+
+
+def prometheus_config(targets: dict[str, str], *, interval: str = "1s") -> str:
+    """Scrape config: one job per colour so every series carries ``color``.
+
+    ``targets`` maps colour to ``host:port``. A 1 s interval keeps the demo's analysis windows
+    short; production scrapes are slower and the gates' windows scale with them.
+    """
+    jobs = "".join(f"""\
+  - job_name: sd-{color}
+    static_configs:
+      - targets: ["{hostport}"]
+        labels:
+          color: {color}
+""" for color, hostport in targets.items())
+    return f"""\
+global:
+  scrape_interval: {interval}
+  evaluation_interval: {interval}
+scrape_configs:
+{jobs}"""
+
+
+def start_prometheus(root: Path, *, port: int, targets: dict[str, str]) -> ManagedProcess:
+    """Write the config under ``root``, start Prometheus on 127.0.0.1:``port``, wait for ready."""
+    binary = require_binary("prometheus", "prometheus")
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / "prometheus.yml"
+    cfg.write_text(prometheus_config(targets))
+    proc = start_process("prometheus", [
+        binary, f"--config.file={cfg}", f"--storage.tsdb.path={root / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
+        "--log.level=warn"], log=root / "prometheus.log")
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout=30, what="prometheus", proc=proc.proc, log=proc.log)
+    return proc

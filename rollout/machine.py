@@ -1,0 +1,305 @@
+"""The rollout state machine: phases, one transitions table, and a pure ``decide``.
+
+Why explicit: Flagger's scheduler grew into ~1,100 lines of implicit if-chains, and its users
+found phases with no rollback path (flagger #1801, #1591). Here every phase has exactly one
+idempotent *action* (:func:`action_for`), the controller runs it, and :func:`decide` maps
+(status, what the action observed) to the next phase. ``decide`` is pure, so every path,
+including each rollback path, is unit-tested without any I/O, and :data:`TRANSITIONS` is checked
+on every step so an impossible transition is a bug caught at once, never a silent state.
+
+Crash safety follows from the shape: the controller persists the status (with the phase whose
+action is about to run) *before* the side effect and persists the outcome *after* verifying
+it. A killed controller resumes by re-running the current phase's action, which is idempotent
+(setting weights, re-running an analysis), so no transition is lost or replayed differently.
+
+Phases::
+
+    Pending -> Admitting -> Shifting(0) -> Analyzing(0) -> Shifting(1) -> ... -> Promoting
+            -> Verifying -> Promoted
+    any non-terminal phase --breach/abort--> RollingBack -> RolledBack | Aborted
+    Admitting/Analyzing --inconclusive (policy: pause)--> Paused --resume--> same analysis
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gates.verdict import Verdict
+
+__all__ = [
+    "TERMINAL",
+    "TRANSITIONS",
+    "Action",
+    "Decision",
+    "GateResult",
+    "IllegalTransitionError",
+    "Observation",
+    "Phase",
+    "Plan",
+    "RolloutStatus",
+    "Weights",
+    "action_for",
+    "decide",
+]
+
+
+class Phase(StrEnum):
+    """Where a rollout is; the value is what users see in ``rollout status``."""
+
+    PENDING = "Pending"
+    ADMITTING = "Admitting"
+    SHIFTING = "Shifting"
+    ANALYZING = "Analyzing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    VERIFYING = "Verifying"
+    PROMOTED = "Promoted"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+
+
+TERMINAL: frozenset[Phase] = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED})
+
+#: Every allowed transition. RollingBack may repeat (router retry) but never goes forward.
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.PENDING: frozenset({Phase.ADMITTING, Phase.ROLLING_BACK}),
+    Phase.ADMITTING: frozenset({Phase.SHIFTING, Phase.PAUSED, Phase.ROLLING_BACK}),
+    Phase.SHIFTING: frozenset({Phase.ANALYZING, Phase.ROLLING_BACK}),
+    Phase.ANALYZING: frozenset({Phase.SHIFTING, Phase.PROMOTING, Phase.PAUSED,
+                                Phase.ROLLING_BACK}),
+    Phase.PAUSED: frozenset({Phase.PAUSED, Phase.ADMITTING, Phase.ANALYZING,
+                             Phase.ROLLING_BACK}),
+    Phase.PROMOTING: frozenset({Phase.VERIFYING, Phase.PROMOTED, Phase.ROLLING_BACK}),
+    Phase.VERIFYING: frozenset({Phase.PROMOTED, Phase.ROLLING_BACK}),
+    Phase.ROLLING_BACK: frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.ABORTED}),
+    Phase.PROMOTED: frozenset(),
+    Phase.ROLLED_BACK: frozenset(),
+    Phase.ABORTED: frozenset(),
+}
+
+
+class IllegalTransitionError(RuntimeError):
+    """``decide`` produced a transition the table forbids: a programming error."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Weights(_Frozen):
+    """Traffic split in percent, as set or as read back from the router."""
+
+    blue: int = Field(ge=0, le=100)
+    green: int = Field(ge=0, le=100)
+
+
+class Plan(_Frozen):
+    """The parts of the policy the state machine needs, frozen at ``rollout promote`` time so a
+    policy edited mid-rollout cannot change the meaning of a persisted step index."""
+
+    weights: tuple[int, ...] = Field(min_length=1)
+    on_inconclusive: Literal["pause", "rollback"] = "rollback"
+    verify: bool = False
+    max_rollback_attempts: int = 5
+
+
+class RolloutStatus(_Frozen):
+    """The durable status of one rollout (what is persisted before every side effect)."""
+
+    name: str
+    plan: Plan
+    phase: Phase = Phase.PENDING
+    step: int = 0
+    generation: int = 0
+    paused_from: Phase | None = None
+    abort_requested: bool = False
+    rollback_requested: bool = False
+    resume_requested: bool = False
+    rollback_attempts: int = 0
+    reason: str = ""
+    verdicts: dict[str, str] = Field(default_factory=dict)
+    weights: Weights | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether nothing more will happen to this rollout."""
+        return self.phase in TERMINAL
+
+
+@dataclass(frozen=True)
+class Action:
+    """The one idempotent side effect a phase performs."""
+
+    kind: Literal["none", "admit", "set_weights", "analyze", "verify", "wait"]
+    weights: Weights | None = None
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict with a human reason and its error count (for ``error`` verdicts)."""
+
+    verdict: Verdict
+    reason: str = ""
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What running a phase's action showed. Empty for actions with nothing to report."""
+
+    gates: Mapping[str, GateResult] = field(default_factory=dict)
+    weights: Weights | None = None
+    error: str | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next status and why."""
+
+    status: RolloutStatus
+    reason: str
+
+
+def _blue_green(green: int) -> Weights:
+    return Weights(blue=100 - green, green=green)
+
+
+def action_for(status: RolloutStatus) -> Action:
+    """The side effect the controller must (re-)run in ``status.phase``."""
+    match status.phase:
+        case Phase.ADMITTING:
+            return Action("admit")
+        case Phase.SHIFTING:
+            return Action("set_weights", weights=_blue_green(status.plan.weights[status.step]),
+                          step=status.step)
+        case Phase.ANALYZING:
+            return Action("analyze", step=status.step)
+        case Phase.PROMOTING:
+            return Action("set_weights", weights=_blue_green(100))
+        case Phase.VERIFYING:
+            return Action("verify")
+        case Phase.ROLLING_BACK:
+            return Action("set_weights", weights=_blue_green(0))
+        case Phase.PAUSED:
+            return Action("wait")
+        case _:
+            return Action("none")
+
+
+def _summary(gates: Mapping[str, GateResult]) -> tuple[Verdict, str]:
+    """Combine gate verdicts: any fail -> fail; all pass -> pass; otherwise inconclusive.
+
+    ``nodata`` and ``error`` never count as a pass (Flagger #1098: NaN passing).
+    """
+    if not gates:
+        return Verdict.NODATA, "no gate reported"
+    failed = {n: g for n, g in gates.items() if g.verdict is Verdict.FAIL}
+    if failed:
+        return Verdict.FAIL, "; ".join(f"{n}: {g.reason}" for n, g in failed.items())
+    open_ = {n: g for n, g in gates.items() if g.verdict is not Verdict.PASS}
+    if open_:
+        return Verdict.INCONCLUSIVE, "; ".join(
+            f"{n}: {g.verdict.value}: {g.reason}" for n, g in open_.items())
+    return Verdict.PASS, "all gates passed"
+
+
+def decide(status: RolloutStatus, obs: Observation) -> Decision:
+    """Next status after the current phase's action produced ``obs``. Pure.
+
+    Raises:
+        IllegalTransitionError: the computed transition is not in :data:`TRANSITIONS`.
+    """
+    nxt, reason = _next(status, obs)
+    if nxt.phase not in TRANSITIONS[status.phase] and nxt.phase is not status.phase:
+        raise IllegalTransitionError(f"{status.phase} -> {nxt.phase} ({reason})")
+    verdicts = {n: g.verdict.value for n, g in obs.gates.items()} or status.verdicts
+    nxt = nxt.model_copy(update={
+        "generation": status.generation + 1,
+        "reason": reason,
+        "verdicts": verdicts,
+        "weights": obs.weights if obs.weights is not None else status.weights,
+    })
+    return Decision(status=nxt, reason=reason)
+
+
+def _go(status: RolloutStatus, phase: Phase, reason: str, **changes: object) -> tuple[
+        RolloutStatus, str]:
+    return status.model_copy(update={"phase": phase, **changes}), reason
+
+
+def _rollback(status: RolloutStatus, reason: str) -> tuple[RolloutStatus, str]:
+    return _go(status, Phase.ROLLING_BACK, reason, rollback_attempts=0)
+
+
+def _next(s: RolloutStatus, obs: Observation) -> tuple[RolloutStatus, str]:
+    if s.terminal:
+        return s, s.reason
+    if s.phase is not Phase.ROLLING_BACK:
+        if s.abort_requested:
+            return _rollback(s, "aborted by user")
+        if s.rollback_requested:
+            return _rollback(s, "rollback requested by user")
+    match s.phase:
+        case Phase.PENDING:
+            return _go(s, Phase.ADMITTING, "admitting green")
+        case Phase.ADMITTING | Phase.ANALYZING | Phase.VERIFYING:
+            return _after_analysis(s, obs)
+        case Phase.SHIFTING | Phase.PROMOTING:
+            expected = action_for(s).weights
+            if obs.error or (obs.weights is not None and obs.weights != expected):
+                got = obs.error or f"router reads back {obs.weights}"
+                return _rollback(s, f"traffic shift to {expected} not applied: {got}")
+            if s.phase is Phase.SHIFTING:
+                return _go(s, Phase.ANALYZING, f"traffic at {expected}; analysing step {s.step}")
+            if s.plan.verify:
+                return _go(s, Phase.VERIFYING, "all traffic on green; verifying")
+            return _go(s, Phase.PROMOTED, "all traffic on green")
+        case Phase.PAUSED:
+            if s.resume_requested and s.paused_from is not None:
+                return _go(s, s.paused_from, "resumed by user", resume_requested=False,
+                           paused_from=None)
+            return s, s.reason
+        case Phase.ROLLING_BACK:
+            expected = action_for(s).weights
+            if obs.error or (obs.weights is not None and obs.weights != expected):
+                if s.rollback_attempts + 1 >= s.plan.max_rollback_attempts:
+                    return _go(s, Phase.ROLLING_BACK, f"rollback not applied after "
+                               f"{s.rollback_attempts + 1} attempts: {obs.error or obs.weights}",
+                               rollback_attempts=s.rollback_attempts + 1)
+                return _go(s, Phase.ROLLING_BACK, f"retrying rollback: {obs.error or obs.weights}",
+                           rollback_attempts=s.rollback_attempts + 1)
+            final = Phase.ABORTED if s.abort_requested else Phase.ROLLED_BACK
+            return _go(s, final, f"all traffic on blue ({s.reason})")
+    raise IllegalTransitionError(f"no rule for phase {s.phase}")  # pragma: no cover
+
+
+def _after_analysis(s: RolloutStatus, obs: Observation) -> tuple[RolloutStatus, str]:
+    what = {Phase.ADMITTING: "admission", Phase.ANALYZING: f"step {s.step} analysis",
+            Phase.VERIFYING: "post-promotion verification"}[s.phase]
+    if obs.error:
+        verdict, why = Verdict.ERROR, obs.error
+    else:
+        verdict, why = _summary(obs.gates)
+    if verdict is Verdict.PASS:
+        if s.phase is Phase.ADMITTING:
+            return _go(s, Phase.SHIFTING, f"green admitted; {why}", step=0)
+        if s.phase is Phase.VERIFYING:
+            return _go(s, Phase.PROMOTED, f"verified on full traffic; {why}")
+        if s.step + 1 < len(s.plan.weights):
+            return _go(s, Phase.SHIFTING, f"{what} passed", step=s.step + 1)
+        return _go(s, Phase.PROMOTING, f"{what} passed; promoting")
+    if verdict is Verdict.FAIL or s.phase is Phase.VERIFYING:
+        # After the switch there is no one to wait for: anything but a pass goes back to blue.
+        return _rollback(s, f"{what} {verdict.value}: {why}")
+    if s.plan.on_inconclusive == "pause":
+        return _go(s, Phase.PAUSED, f"{what} {verdict.value}: {why}; paused for a human",
+                   paused_from=s.phase)
+    return _rollback(s, f"{what} {verdict.value}: {why}; policy rolls back on inconclusive")

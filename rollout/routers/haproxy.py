@@ -1,0 +1,84 @@
+"""The ``haproxy`` router: weights through HAProxy's runtime API on its admin socket.
+
+``set server BACKEND/SERVER weight N`` changes the split at once and exactly (HAProxy weights
+are relative, so blue=90/green=10 is a 90/10 split); ``get weight`` reads it back. The socket
+speaks one command per connection in non-interactive mode, which keeps this module a few lines
+of the standard library instead of a client dependency.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+from rollout.errors import BadInputError, RouterError, UnavailableError
+from rollout.machine import Weights
+
+__all__ = ["HaproxyRouter", "haproxy_command"]
+
+_WEIGHT = re.compile(r"^(\d+) \(initial (\d+)\)")
+
+
+def haproxy_command(socket_path: str | Path, command: str, *, timeout: float = 5.0) -> str:
+    """Send one runtime-API command and return HAProxy's answer.
+
+    Raises:
+        UnavailableError: the socket is missing or does not answer.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(socket_path))
+            s.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise UnavailableError(f"HAProxy admin socket {socket_path}: {e.strerror}") from e
+    except OSError as e:
+        raise UnavailableError(f"HAProxy admin socket {socket_path}: {e}") from e
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+class HaproxyRouter:
+    """Blue/green split between two servers of one HAProxy backend."""
+
+    def __init__(self, socket_path: str | Path, backend: str = "sd", blue_server: str = "blue",
+                 green_server: str = "green") -> None:
+        self.socket_path = Path(socket_path)
+        self.backend = backend
+        self.servers = {"blue": blue_server, "green": green_server}
+
+    def check(self) -> None:
+        """The socket exists, answers, and knows both servers of the backend."""
+        if not self.socket_path.exists():
+            raise BadInputError(
+                f"HAProxy admin socket {self.socket_path} does not exist: start HAProxy with "
+                f"'stats socket {self.socket_path} level admin' or fix router.socket")
+        for color in ("blue", "green"):
+            self._get(color)
+
+    def set_weights(self, weights: Weights) -> None:
+        """Apply the split; an answer other than empty means HAProxy refused it."""
+        for color, value in (("blue", weights.blue), ("green", weights.green)):
+            answer = haproxy_command(
+                self.socket_path, f"set server {self._name(color)} weight {value}")
+            if answer:
+                raise RouterError(f"HAProxy refused weight {value} for {self._name(color)}: "
+                                  f"{answer}")
+
+    def get_weights(self) -> Weights:
+        """The weights HAProxy applies now."""
+        return Weights(blue=self._get("blue"), green=self._get("green"))
+
+    def _name(self, color: str) -> str:
+        return f"{self.backend}/{self.servers[color]}"
+
+    def _get(self, color: str) -> int:
+        answer = haproxy_command(self.socket_path, f"get weight {self._name(color)}")
+        m = _WEIGHT.match(answer)
+        if m is None:
+            raise BadInputError(f"HAProxy does not know server {self._name(color)}: {answer} "
+                                f"(check router.backend and router.{color}Server)")
+        return int(m.group(1))
