@@ -1,0 +1,1 @@
+"""Metric providers: where gate evidence comes from (canary samples, Prometheus, NVML)."""
