@@ -27,6 +27,7 @@ test: lint typecheck
 
 schema: $(STAMP)
 	$(BIN)/rollout policy schema > policies/schema.json
+	$(BIN)/rollout snapshot schema > policies/capability-snapshot.schema.json
 
 demo: $(STAMP)
 	@echo "== rollout compare on shipped example latencies (SD 1.5 512px, 25 steps) =="

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-__all__ = ["ErrorRateGateSpec", "LatencyGateSpec"]
+__all__ = ["LatencyGateSpec"]
 
 _CONFIG = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
                      frozen=True)
@@ -42,14 +42,3 @@ class LatencyGateSpec(BaseModel):
     source: Literal["canary", "prometheus"] = Field(
         "canary", description="Raw canary samples (preferred) or live Prometheus histograms.")
 
-
-class ErrorRateGateSpec(BaseModel):
-    """Green's failed-request fraction must stay at or below ``maxRate``."""
-
-    model_config = _CONFIG
-
-    type: Literal["error-rate"] = "error-rate"
-    name: str = Field("error-rate", min_length=1)
-    max_rate: float = Field(0.01, ge=0, lt=1, description="Largest acceptable error fraction.")
-    min_requests: int = Field(20, ge=1, description=(
-        "Requests needed before a pass can be declared (a failure can come sooner)."))

@@ -31,8 +31,8 @@ from rollout.machine import (
     action_for,
     decide,
 )
+from rollout.platforms.base import StatusStore
 from rollout.routers.base import TrafficRouter
-from rollout.store import StateStore
 
 __all__ = ["Analyzer", "Controller", "crash_point"]
 
@@ -63,7 +63,7 @@ def crash_point(status: RolloutStatus, when: str) -> None:
 class Controller:
     """Drives one rollout until it is terminal, paused, or stuck rolling back."""
 
-    store: StateStore
+    store: StatusStore
     router: TrafficRouter
     analyzer: Analyzer
     on_transition: Callable[[RolloutStatus, RolloutStatus, Observation], None] | None = None

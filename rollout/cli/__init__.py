@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from rollout.cli import policy
+from rollout.cli import admit, compare, policy, snapshot
 
 __all__ = ["app", "main"]
 
@@ -19,7 +19,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+compare.register(app)
 policy.register(app)
+snapshot.register(app)
+admit.register(app)
 
 
 def main() -> None:

@@ -14,7 +14,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from gates.latency import ErrorRateGateSpec, LatencyGateSpec
+from gates.capability.requirements import CapabilityRequirements
+from gates.error_rate import ErrorRateGateSpec
+from gates.latency import LatencyGateSpec
+from gates.utilization.floor import UtilizationRequirements
 
 __all__ = [
     "API_VERSION",
@@ -129,7 +132,9 @@ class CanarySpec(_Model):
     timeout_seconds: float = Field(120.0, gt=0)
 
 
-GateSpec = Annotated[LatencyGateSpec | ErrorRateGateSpec, Field(discriminator="type")]
+GateSpec = Annotated[
+    LatencyGateSpec | ErrorRateGateSpec | CapabilityRequirements | UtilizationRequirements,
+    Field(discriminator="type")]
 
 
 class RollbackSpec(_Model):

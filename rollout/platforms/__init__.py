@@ -1,0 +1,1 @@
+"""Platforms: where blue and green run (local processes/URLs, Kubernetes)."""

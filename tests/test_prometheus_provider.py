@@ -1,0 +1,155 @@
+"""The prometheus provider against a real Prometheus scraping loopback metric endpoints."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from gates.error_rate import ErrorRateGateSpec
+from gates.latency import LatencyGateSpec
+from gates.verdict import Verdict
+from rollout.local.processes import ManagedProcess, free_port
+from rollout.local.prometheus import start_prometheus
+from rollout.metrics.prometheus import PrometheusClient, PrometheusProvider
+
+BUCKETS = [round(2.0 * 1.1**i, 3) for i in range(12)]  # 2.0 .. 5.7 s, 10% apart
+
+
+class FakeServer:
+    """Exposes a histogram whose counts grow at ``rate`` req/s with latencies ``median * e^z``.
+
+    Counts follow the lognormal CDF exactly, so the true P95 is known: ``median * e^(1.645 s)``.
+    """
+
+    def __init__(self, median: float, sigma: float = 0.05, rate: float = 20.0,
+                 error_fraction: float = 0.0) -> None:
+        self.median, self.sigma, self.rate, self.err = median, sigma, rate, error_fraction
+        self.t0 = time.monotonic()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = outer.exposition().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def exposition(self) -> str:
+        n = int(self.rate * (time.monotonic() - self.t0)) + 1
+        lines = []
+        for le in BUCKETS:
+            z = math.log(le / self.median) / self.sigma
+            cdf = 0.5 * (1 + math.erf(z / math.sqrt(2)))
+            lines.append(f'sd_request_duration_seconds_bucket{{le="{le}"}} {int(n * cdf)}')
+        lines.append(f'sd_request_duration_seconds_bucket{{le="+Inf"}} {n}')
+        lines.append(f"sd_request_duration_seconds_count {n}")
+        bad = int(n * self.err)
+        lines.append(f'sd_requests_total{{code="200"}} {n - bad}')
+        lines.append(f'sd_requests_total{{code="500"}} {bad}')
+        return "\n".join(lines) + "\n"
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.http.server_port}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, FakeServer]]]:
+    servers = {"blue": FakeServer(2.5), "green": FakeServer(3.3, error_fraction=0.1),
+               "same": FakeServer(2.5)}
+    port = free_port()
+    root: Path = tmp_path_factory.mktemp("prom")
+    proc: ManagedProcess = start_prometheus(root, port=port, targets={
+        "blue": servers["blue"].hostport, "green": servers["green"].hostport,
+        "same": servers["same"].hostport, "down": "127.0.0.1:1"})
+    client = PrometheusClient(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    # Prometheus applies new targets after its ~5 s discovery throttle; wait for 4 scrapes.
+    def scrapes() -> float:
+        return client.value('min(count_over_time(up{color=~"blue|green|same"}[1m]))')
+
+    while time.monotonic() < deadline and not scrapes() >= 4:
+        time.sleep(0.5)
+    try:
+        yield port, servers
+    finally:
+        proc.stop()
+        for s in servers.values():
+            s.http.shutdown()
+
+
+def provider(port: int, **kw: object) -> PrometheusProvider:
+    return PrometheusProvider(PrometheusClient(f"http://127.0.0.1:{port}"), **kw)  # type: ignore[arg-type]
+
+
+def test_slower_green_fails_live_latency_and_error_rate(stack: tuple[int, dict]) -> None:
+    port, _ = stack
+    gates = [LatencyGateSpec(name="p95", source="prometheus"), ErrorRateGateSpec(maxRate=0.05)]
+    out = provider(port).evaluate(gates, window_seconds=5)
+    assert out["p95"].verdict is Verdict.FAIL, out["p95"].reason
+    assert "green" in out["p95"].reason and "limit 1.15" in out["p95"].reason
+    assert out["error-rate-live"].verdict is Verdict.FAIL
+    assert "10" in out["error-rate-live"].reason
+
+
+def test_ceiling_and_canary_gates(stack: tuple[int, dict]) -> None:
+    port, _ = stack
+    out = provider(port).evaluate(
+        [LatencyGateSpec(name="p95", source="prometheus", maxRatio=2.0, ceilingSeconds=3.0),
+         LatencyGateSpec(name="canary-only")], window_seconds=5)
+    assert out["p95"].verdict is Verdict.FAIL and "ceiling" in out["p95"].reason
+    assert "canary-only" not in out
+
+
+def test_down_target_and_missing_series_are_nodata_never_pass(stack: tuple[int, dict]) -> None:
+    port, _ = stack
+    p = provider(port)
+    # Point the provider's "green" at colours that are down / absent by relabelling queries.
+    p.client = _Relabel(p.client, "green", "down")
+    r = p.evaluate([LatencyGateSpec(name="p95", source="prometheus")], window_seconds=5)["p95"]
+    assert r.verdict is Verdict.NODATA and "down" in r.reason
+    p.client = _Relabel(PrometheusClient(f"http://127.0.0.1:{port}"), "green", "absent")
+    r = p.evaluate([LatencyGateSpec(name="p95", source="prometheus")], window_seconds=5)["p95"]
+    assert r.verdict is Verdict.NODATA and "no scrape target" in r.reason
+
+
+def test_healthy_green_passes_and_too_few_requests_is_nodata(stack: tuple[int, dict]) -> None:
+    port, _ = stack
+    p = provider(port)
+    p.client = _Relabel(p.client, "green", "same")
+    r = p.evaluate([LatencyGateSpec(name="p95", source="prometheus")], window_seconds=5)["p95"]
+    assert r.verdict is Verdict.PASS, r.reason
+    p.min_requests = 10_000
+    r = p.evaluate([LatencyGateSpec(name="p95", source="prometheus")], window_seconds=5)["p95"]
+    assert r.verdict is Verdict.NODATA and "requests" in r.reason
+
+
+def test_unreachable_prometheus_is_error_with_count() -> None:
+    p = PrometheusProvider(PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=0.5))
+    r = p.evaluate([LatencyGateSpec(name="p95", source="prometheus")], window_seconds=5)["p95"]
+    assert (r.verdict, r.errors) == (Verdict.ERROR, 1)
+
+
+class _Relabel(PrometheusClient):
+    """Rewrites color="<from>" to color="<to>" in every query (to aim at other series)."""
+
+    def __init__(self, inner: PrometheusClient, old: str, new: str) -> None:
+        self.inner, self.old, self.new = inner, old, new
+        self.url = inner.url
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        return self.inner.query(promql.replace(f'color="{self.old}"', f'color="{self.new}"'))
