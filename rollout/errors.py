@@ -5,6 +5,7 @@
     RolloutError
     ├── PermanentError          retrying the same call cannot help
     │   ├── BadInputError       policy, files, flags (exit 2, nothing changed)
+    │   ├── AccessDeniedError   credentials or RBAC refused the call (HTTP 401/403)
     │   ├── LockedError         another controller holds the rollout (exit 2)
     │   ├── NotFoundError       the object or rollout does not exist
     │   └── StateConflictError  the status changed under us: re-read and re-decide
@@ -18,6 +19,7 @@ Platform modules map their library's exceptions onto this tree with ``raise ... 
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "BadInputError",
     "LockedError",
     "NotFoundError",
@@ -48,6 +50,10 @@ class TemporaryError(RolloutError):
 
 class BadInputError(PermanentError):
     """The user's input (policy, flags, files) is invalid; nothing was changed."""
+
+
+class AccessDeniedError(PermanentError):
+    """HTTP 401/403: the credentials are wrong or RBAC does not allow the call."""
 
 
 class LockedError(PermanentError):

@@ -18,11 +18,13 @@ from gates.capability.requirements import CapabilityRequirements
 from gates.error_rate import ErrorRateGateSpec
 from gates.latency import LatencyGateSpec
 from gates.utilization.floor import UtilizationRequirements
+from rollout.platforms.kubernetes_spec import GatewayApiRouterSpec, ServiceSelectorRouterSpec
 
 __all__ = [
     "API_VERSION",
     "CanarySpec",
     "GateSpec",
+    "GatewayApiRouterSpec",
     "HaproxyRouterSpec",
     "KubernetesTarget",
     "Metadata",
@@ -33,6 +35,7 @@ __all__ = [
     "RolloutPolicy",
     "RolloutSpec",
     "RouterSpec",
+    "ServiceSelectorRouterSpec",
     "StepSpec",
     "TargetSpec",
     "Targets",
@@ -109,7 +112,9 @@ class NoneRouterSpec(_Model):
     type: Literal["none"] = "none"
 
 
-RouterSpec = Annotated[HaproxyRouterSpec | NoneRouterSpec, Field(discriminator="type")]
+RouterSpec = Annotated[
+    HaproxyRouterSpec | NoneRouterSpec | ServiceSelectorRouterSpec | GatewayApiRouterSpec,
+    Field(discriminator="type")]
 
 
 class StepSpec(_Model):
