@@ -6,9 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= healthy
 
-.PHONY: install lint typecheck test demo bench-judge schema clean
+.PHONY: install system-deps lint typecheck test demo bench-judge schema clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/sd-server/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build.
@@ -27,20 +27,23 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	cd deploy/sd-server && ../../$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/pytest
+test: lint typecheck system-deps
+	OMP_NUM_THREADS=1 $(BIN)/pytest
 
 schema: $(STAMP)
 	$(BIN)/rollout policy schema > policies/schema.json
 	$(BIN)/rollout snapshot schema > policies/capability-snapshot.schema.json
 
-demo: $(STAMP)
-	@echo "== rollout compare on shipped example latencies (SD 1.5 512px, 25 steps) =="
-	@echo "-- green with a tail-only P95 regression (sequential judge, K=1) --"
-	-$(BIN)/rollout compare --blue bench/data/blue.jsonl --green bench/data/green-tail.jsonl
-	@echo
-	@echo "-- healthy green --"
-	-$(BIN)/rollout compare --blue bench/data/blue.jsonl --green bench/data/green-healthy.jsonl
+# HAProxy and Prometheus come from Debian's packages; installed here when missing.
+system-deps:
+	@command -v haproxy >/dev/null && command -v prometheus >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install haproxy and prometheus (Debian/Ubuntu packages) first" >&2; exit 2; }; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq haproxy prometheus; }
+
+# SCENARIO=healthy|cpu-fallback|ort-fallback|generic-attention|tail-latency|errors
+demo: $(STAMP) system-deps
+	$(BIN)/rollout demo --scenario $(SCENARIO)
 
 bench-judge: $(STAMP)
 	$(BIN)/python bench/judge.py --reps 500 --out bench/results/judge.md

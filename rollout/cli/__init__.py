@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from rollout.cli import admit, compare, policy, snapshot
+from rollout.cli import admit, canary, compare, demo, policy, rollouts, snapshot
 
 __all__ = ["app", "main"]
 
@@ -20,9 +20,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 compare.register(app)
+canary.register(app)
 policy.register(app)
 snapshot.register(app)
 admit.register(app)
+rollouts.register(app)
+demo.register(app)
 
 
 def main() -> None:

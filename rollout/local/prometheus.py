@@ -32,8 +32,10 @@ scrape_configs:
 {jobs}"""
 
 
-def start_prometheus(root: Path, *, port: int, targets: dict[str, str]) -> ManagedProcess:
-    """Write the config under ``root``, start Prometheus on 127.0.0.1:``port``, wait for ready."""
+def start_prometheus(root: Path, *, port: int, targets: dict[str, str],
+                     wait_for_scrape: bool = True) -> ManagedProcess:
+    """Write the config under ``root``, start Prometheus on 127.0.0.1:``port``, wait until it
+    is ready and (``wait_for_scrape``) has scraped every target once."""
     binary = require_binary("prometheus", "prometheus")
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "prometheus.yml"
@@ -50,4 +52,18 @@ def start_prometheus(root: Path, *, port: int, targets: dict[str, str]) -> Manag
             return False
 
     wait_until(ready, timeout=30, what="prometheus", proc=proc.proc, log=proc.log)
+
+    def scraped() -> bool:
+        # New targets are picked up after Prometheus' ~5 s discovery throttle; a gate that
+        # queried before would see no series at all (nodata).
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", timeout=1,
+                          params={"query": "count(up)"}).json()["data"]["result"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return False
+        return bool(r) and int(float(r[0]["value"][1])) >= len(targets)
+
+    if wait_for_scrape:
+        wait_until(scraped, timeout=30, what="prometheus' first scrape", proc=proc.proc,
+                   log=proc.log)
     return proc

@@ -86,10 +86,17 @@ class PrometheusProvider:
         self.tolerance = tolerance
         self.histogram = histogram
         self.requests_counter = requests_counter
+        self._blue_offset = 0.0
 
-    def evaluate(self, gates: Sequence[Any], *, window_seconds: float) -> Mapping[str, GateResult]:
-        """Live verdicts for the latency gates with ``source: prometheus`` and error-rate gates."""
+    def evaluate(self, gates: Sequence[Any], *, window_seconds: float,
+                 blue_offset_seconds: float = 0.0) -> Mapping[str, GateResult]:
+        """Live verdicts for the latency gates with ``source: prometheus`` and error-rate gates.
+
+        ``blue_offset_seconds`` shifts blue's window into the past: after the switch blue gets
+        no traffic, so green is judged against blue's last window before it.
+        """
         out: dict[str, GateResult] = {}
+        self._blue_offset = blue_offset_seconds
         for gate in gates:
             if isinstance(gate, LatencyGateSpec) and gate.source == "prometheus":
                 out[gate.name] = self._guard(self._latency, gate, window_seconds)
@@ -117,12 +124,15 @@ class PrometheusProvider:
         return None
 
     def _arm(self, color: str, q: float, window: float) -> _ArmStats:
-        w = f"{max(int(window), 1)}s"
+        # A range selector, e.g. "[30s]" or, for blue after the switch, "[30s] offset 30s".
+        rng = f"[{max(int(window), 1)}s]"
+        if color == "blue" and self._blue_offset > 0:
+            rng += f" offset {int(self._blue_offset)}s"
         sel = f'{self.histogram}_bucket{{color="{color}"}}'
         count = self.client.value(
-            f'sum(increase({self.histogram}_count{{color="{color}"}}[{w}]))')
+            f'sum(increase({self.histogram}_count{{color="{color}"}}{rng}))')
         quant = self.client.value(
-            f"histogram_quantile({q}, sum by (le) (increase({sel}[{w}])))")
+            f"histogram_quantile({q}, sum by (le) (increase({sel}{rng})))")
         return _ArmStats(requests=count, quantile=quant)
 
     def _latency(self, gate: LatencyGateSpec, window: float) -> GateResult:
@@ -134,8 +144,10 @@ class PrometheusProvider:
         pname = f"P{gate.quantile * 100:g}"
         for color, arm in (("blue", blue), ("green", green)):
             if not math.isfinite(arm.requests) or arm.requests < self.min_requests:
+                when = f" ending {self._blue_offset:.0f} s ago" if (
+                    color == "blue" and self._blue_offset) else ""
                 return GateResult(Verdict.NODATA, f"{color}: {arm.requests:.0f} requests in "
-                                  f"{window:.0f} s (< {self.min_requests})")
+                                  f"{window:.0f} s{when} (< {self.min_requests})")
             if not math.isfinite(arm.quantile):
                 return GateResult(Verdict.NODATA, f"{color}: {pname} is NaN")
         if gate.ceiling_seconds is not None and green.quantile > gate.ceiling_seconds:

@@ -22,14 +22,17 @@ from rollout.platforms.kubernetes_spec import GatewayApiRouterSpec, ServiceSelec
 
 __all__ = [
     "API_VERSION",
+    "AdmissionSpec",
     "CanarySpec",
     "GateSpec",
     "GatewayApiRouterSpec",
     "HaproxyRouterSpec",
     "KubernetesTarget",
     "Metadata",
+    "MetricsSpec",
     "NoneRouterSpec",
     "ProcessTarget",
+    "PrometheusSourceSpec",
     "PromotionSpec",
     "RollbackSpec",
     "RolloutPolicy",
@@ -135,11 +138,40 @@ class CanarySpec(_Model):
     blue_per_green: int = Field(1, ge=1, le=64, description="K blue requests per green one.")
     warmup_requests: int = Field(2, ge=0)
     timeout_seconds: float = Field(120.0, gt=0)
+    deadline_seconds: float = Field(1800.0, gt=0, description=(
+        "Hard limit of one canary analysis: a green that never answers cannot hold it longer."))
+
+
+class PrometheusSourceSpec(_Model):
+    """Where live metrics come from (the servers' per-colour series, ``color`` label)."""
+
+    url: str = Field(pattern=r"^https?://", description="Prometheus base URL.")
+    window_seconds: float = Field(30.0, ge=2, description=(
+        "Live window judged after each step's canary or soak, and during verification."))
+    stale_after_seconds: float = Field(10.0, gt=0, description=(
+        "A colour whose last scrape is older than this is nodata (traffic stopped?)."))
+    tolerance: float = Field(0.15, ge=0, description=(
+        "Live latency slack over maxRatio: histogram buckets interpolate (see statistics)."))
+
+
+class MetricsSpec(_Model):
+    """Live metric sources for the gates that read them."""
+
+    prometheus: PrometheusSourceSpec | None = None
 
 
 GateSpec = Annotated[
     LatencyGateSpec | ErrorRateGateSpec | CapabilityRequirements | UtilizationRequirements,
     Field(discriminator="type")]
+
+
+class AdmissionSpec(_Model):
+    """Checks on green before any traffic or canary reaches it (besides capability gates)."""
+
+    same_path_as_blue: bool = Field(True, description=(
+        "Green's execution path per module (backend, device, dtype, attention kernels, memory "
+        "format, compilation, ORT providers bound), as its /capabilities reports it, must equal "
+        "blue's. Turn off for a rollout that changes the path on purpose."))
 
 
 class RollbackSpec(_Model):
@@ -166,6 +198,8 @@ class RolloutSpec(_Model):
     router: RouterSpec = Field(default_factory=NoneRouterSpec)
     steps: list[StepSpec] = Field(min_length=1)
     canary: CanarySpec = Field(default_factory=CanarySpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    admission: AdmissionSpec = Field(default_factory=AdmissionSpec)
     gates: list[GateSpec] = Field(min_length=1)
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
@@ -179,6 +213,10 @@ class RolloutSpec(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"gate names must be unique; repeated: {', '.join(dupes)}")
+        live = [g.name for g in self.gates if getattr(g, "source", None) == "prometheus"]
+        if live and self.metrics.prometheus is None:
+            raise ValueError(f"gates {', '.join(live)} read Prometheus: set "
+                             "spec.metrics.prometheus.url")
         return self
 
 

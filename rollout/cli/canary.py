@@ -1,0 +1,263 @@
+"""``rollout canary``: seeded canary requests to blue and green, judged as they finish."""
+
+from __future__ import annotations
+
+import math
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
+
+import typer
+
+from rollout.cli._common import OutputFormat, bad_input, print_json
+
+if TYPE_CHECKING:
+    from gates.canary.runner import CanaryConfig, CanaryProgress, CanaryResult
+
+__all__ = ["register"]
+
+#: Prompt set used when neither ``--prompts`` nor a policy names one.
+DEFAULT_PROMPTS = "policies/prompts/sd15-512.yaml"
+
+
+class ApiChoice(StrEnum):
+    """``--api`` choices."""
+
+    openai = "openai"
+    a1111 = "a1111"
+
+
+class ImageCheckChoice(StrEnum):
+    """``--image-check`` choices (see :mod:`gates.canary.output_check`)."""
+
+    report = "report"
+    equal = "equal"
+    distance = "distance"
+
+
+def canary_command(
+    blue: Annotated[str | None, typer.Option(help="Blue (current) base URL; default: the "
+                                             "policy's blue target.")] = None,
+    green: Annotated[str | None, typer.Option(help="Green (new) base URL; default: the "
+                                              "policy's green target.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help=(
+        f"Prompt-set YAML; default: the policy's, else {DEFAULT_PROMPTS}."))] = None,
+    policy: Annotated[Path | None, typer.Option(help=(
+        "RolloutPolicy: canary settings, targets and gates (flags override it)."))] = None,
+    api: Annotated[ApiChoice | None, typer.Option(help="Image API of both arms.")] = None,
+    model: Annotated[str | None, typer.Option(help="OpenAI API: the model field.")] = None,
+    blue_per_green: Annotated[int | None, typer.Option(
+        min=1, help="K blue requests per green one in each slice.")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Slices in flight (closed loop); default 8.")] = None,
+    rate: Annotated[float | None, typer.Option(
+        help="Slices per second (open loop) instead of --concurrency.")
+    ] = None,
+    max_requests: Annotated[int | None, typer.Option(
+        min=1, help="Budget of green requests (= slices).")] = None,
+    warmup: Annotated[int | None, typer.Option(
+        min=0, help="Unjudged warm-up requests per arm.")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Per-request timeout in seconds.")] = None,
+    deadline: Annotated[float, typer.Option(
+        help="Hard limit on the whole run in seconds.")] = 1800.0,
+    quantile: Annotated[float | None, typer.Option(help="Latency gate: quantile judged.")] = None,
+    max_ratio: Annotated[float | None, typer.Option(
+        help="Latency gate: allowed green/blue slowdown factor.")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="Latency gate: false-rollback bound.")] = None,
+    max_error_rate: Annotated[float | None, typer.Option(
+        help="Error-rate gate: largest acceptable fraction of failed green requests.")] = None,
+    image_check: Annotated[ImageCheckChoice, typer.Option(help=(
+        "report: compare images, never gate; equal: identical pixels required; distance: "
+        "block-luminance distance at most --max-image-distance."))] = ImageCheckChoice.report,
+    max_image_distance: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Bound for --image-check distance.")] = 0.02,
+    header: Annotated[list[str] | None, typer.Option(
+        help="Extra request header 'Name: value' (repeatable).")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        help="File holding a bearer token sent as 'Authorization: Bearer ...'.")] = None,
+    ca_bundle: Annotated[Path | None, typer.Option(
+        help="CA certificates to verify HTTPS servers with.")] = None,
+    insecure: Annotated[bool, typer.Option(
+        help="Do not verify TLS certificates (verification is on by default).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the arm-order shuffle.")] = 0,
+    records: Annotated[Path | None, typer.Option(help=(
+        "Directory for requests.jsonl, blue.jsonl and green.jsonl (the last two feed "
+        "`rollout compare --blue DIR/blue.jsonl --green DIR/green.jsonl`)."))] = None,
+    progress: Annotated[bool | None, typer.Option(
+        help="Live progress line on stderr; default: when stderr is a terminal.")] = None,
+    output: Annotated[OutputFormat, typer.Option("--output", "-o", help="text or json.")] = (
+        OutputFormat.text),
+) -> None:
+    """Send seeded SD requests to blue and green in shared time slices until the gates decide.
+    Exit 0 pass, 1 fail, 2 bad input, 3 inconclusive, 4 no data."""
+    options = dict(locals())  # every flag, by name, for _build_config
+    import asyncio
+
+    from gates.canary.runner import run_canary
+    from gates.verdict import EXIT_CODES
+
+    try:
+        config = _build_config(options)
+    except (ValueError, OSError) as e:
+        bad_input(str(e), output=output)
+    show = sys.stderr.isatty() if progress is None else progress
+    line = _ProgressLine(sys.stderr) if show else None
+    try:
+        result = asyncio.run(run_canary(config, records_dir=records,
+                                        on_progress=line.update if line else None))
+    except OSError as e:
+        bad_input(f"cannot write records: {e}", output=output)
+    finally:
+        if line is not None:
+            line.close()
+    if output is OutputFormat.json:
+        print_json(_json_document(result))
+    else:
+        _print_text(result, config)
+    raise typer.Exit(EXIT_CODES[result.verdict])
+
+
+def _build_config(o: dict[str, Any]) -> CanaryConfig:
+    """Policy values, then flags on top.
+
+    Raises:
+        ValueError: inconsistent or invalid settings (a bad policy or prompt set included).
+        OSError: an unreadable token file.
+    """
+    from gates.canary.output_check import OutputCheckSpec
+    from gates.canary.prompts import load_prompts
+    from gates.canary.runner import CanaryConfig
+    from gates.error_rate import ErrorRateGateSpec
+    from gates.latency import LatencyGateSpec
+    from rollout.policy.models import CanarySpec
+
+    if o["concurrency"] is not None and o["rate"] is not None:
+        raise ValueError("give --concurrency or --rate, not both")
+    if o["insecure"] and o["ca_bundle"] is not None:
+        raise ValueError("give --insecure or --ca-bundle, not both")
+    canary, urls = CanarySpec(), {"blue": None, "green": None}
+    latency: list[LatencyGateSpec] = [LatencyGateSpec()]
+    errors = ErrorRateGateSpec()
+    if o["policy"] is not None:
+        from rollout.policy.loader import load_policy
+
+        pol = load_policy(o["policy"]).spec
+        canary = pol.canary
+        urls = {arm: getattr(getattr(pol.targets, arm), "url", None) for arm in urls}
+        latency = [g for g in pol.gates if isinstance(g, LatencyGateSpec)]
+        errors = next((g for g in pol.gates if isinstance(g, ErrorRateGateSpec)), errors)
+    overrides = {k: v for k, v in (("quantile", o["quantile"]), ("max_ratio", o["max_ratio"]),
+                                   ("alpha", o["alpha"])) if v is not None}
+    latency = [LatencyGateSpec.model_validate({**g.model_dump(), **overrides})
+               for g in latency]
+    if o["max_error_rate"] is not None:
+        errors = ErrorRateGateSpec.model_validate(
+            {**errors.model_dump(), "max_rate": o["max_error_rate"]})
+    blue, green = o["blue"] or urls["blue"], o["green"] or urls["green"]
+    if blue is None or green is None:
+        raise ValueError("give --blue and --green (or a policy whose targets have URLs)")
+    headers = [_header(h) for h in o["header"] or []]
+    if o["token_file"] is not None:
+        token = Path(o["token_file"]).read_text(encoding="utf-8").strip()
+        headers.append(("Authorization", f"Bearer {token}"))
+    verify: bool | str = False if o["insecure"] else (
+        str(o["ca_bundle"]) if o["ca_bundle"] is not None else True)
+    prompt_set = load_prompts(o["prompts"] or canary.prompts)
+
+    def pick(flag: str, spec_value: Any) -> Any:
+        return o[flag] if o[flag] is not None else spec_value
+
+    return CanaryConfig(
+        blue_url=blue, green_url=green, prompts=tuple(prompt_set.prompts),
+        api=o["api"].value if o["api"] is not None else canary.api, model=o["model"],
+        blue_per_green=pick("blue_per_green", canary.blue_per_green),
+        concurrency=pick("concurrency", canary.concurrency), rate=o["rate"],
+        max_requests=pick("max_requests", canary.max_requests),
+        warmup_requests=pick("warmup", canary.warmup_requests),
+        timeout_s=pick("timeout", canary.timeout_seconds), deadline_s=o["deadline"],
+        latency_gates=tuple(latency), error_gate=errors,
+        output_check=OutputCheckSpec(mode=o["image_check"].value,
+                                     max_distance=o["max_image_distance"]),
+        headers=tuple(headers), verify=verify, seed=o["seed"])
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"--header must look like 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+class _ProgressLine:
+    """One self-overwriting status line (the runner calls at most ten times a second)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.width = 0
+
+    def update(self, p: CanaryProgress) -> None:
+        filled = int(20 * p.slices / p.budget)
+        arms = "  ".join(f"{a} {p.requests[a]} req P95 {_secs(p.p95[a])} err {p.errors[a]}"
+                         for a in ("blue", "green"))
+        text = (f"[{'#' * filled}{'.' * (20 - filled)}] {p.slices}/{p.budget} slices  {arms}  "
+                f"{p.judge}  {p.elapsed_s:.0f}s")
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def close(self) -> None:
+        if self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _secs(v: float | None) -> str:
+    return "-" if v is None or math.isnan(v) else f"{v:.3f}s"
+
+
+def _json_document(r: CanaryResult) -> dict[str, Any]:
+    from gates.compare import summarize
+
+    doc = r.to_dict()
+    for arm in ("blue", "green"):
+        doc[arm] = {**summarize(r.latencies[arm], arm=arm).to_dict(),
+                    "errors": sum(r.errors[arm].values())}
+    return doc
+
+
+def _print_text(r: CanaryResult, config: CanaryConfig) -> None:
+    import numpy as np
+
+    typer.echo(f"verdict: {r.verdict.value.upper()}   (stopped by {r.stopped_by} after "
+               f"{r.elapsed_s:.1f} s)")
+    typer.echo(f"reason:  {r.reason}")
+    s = r.slices
+    typer.echo(f"slices:  {s['judged']} judged, {s['excluded']} left out (failed requests), "
+               f"{s['cancelled']} cancelled, of {s['sent']} sent\n")
+    typer.echo(f"{'arm':<6} {'requests':>8} {'judged':>7} {'P50':>9} {'P95':>9} {'P99':>9}  errors")
+    for arm in ("blue", "green"):
+        lat = r.latencies[arm]
+        q = [float(np.quantile(lat, p)) if lat.size else None for p in (0.5, 0.95, 0.99)]
+        errs = ", ".join(f"{k} {n}" for k, n in r.errors[arm].items() if n) or "none"
+        typer.echo(f"{arm:<6} {r.requests[arm]:>8} {lat.size:>7} "
+                   + " ".join(f"{_secs(v):>9}" for v in q) + f"  {errs}")
+    typer.echo("")
+    for g in r.gates:
+        typer.echo(f"gate {g.name} ({g.kind}): {g.verdict.value.upper()}: {g.reason}")
+    if not r.output.gating:
+        typer.echo(f"images: {r.output.reason}")
+    if r.records:
+        typer.echo(f"\nrecords: {r.records['requests']}")
+        for spec in config.latency_gates:
+            typer.echo(f"compare: rollout compare --blue {r.records['blue']} --green "
+                       f"{r.records['green']} --method {spec.method} --quantile "
+                       f"{spec.quantile:g} --max-ratio {spec.max_ratio:g} --alpha {spec.alpha:g} "
+                       f"--blue-per-green {config.blue_per_green}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``rollout canary`` to the CLI."""
+    app.command("canary")(canary_command)

@@ -1,0 +1,172 @@
+"""``rollout demo``: a whole blue-green rollout on this machine, end to end, for real.
+
+Two reference SD servers (tiny model, one CPU thread each) as blue and green, HAProxy in front
+(runtime API for the weights), Prometheus scraping both, a trickle of user traffic through
+HAProxy, and ``rollout promote`` on a generated local policy. Green comes from a scenario; every
+degraded scenario runs the server's *real* slow or broken path except ``tail-latency`` and
+``errors``, which use its labelled fault-injection options:
+
+==================  =============================================================  ============
+scenario            green server                                                   caught by
+==================  =============================================================  ============
+healthy             same as blue                                                   (promoted)
+cpu-fallback        ``--device cuda`` without CUDA: really runs on the CPU          admission
+ort-fallback        ORT UNet asking for CUDA: ORT silently binds the CPU EP         admission
+generic-attention   ``--attention math``: generic kernels where blue runs SDPA         admission
+tail-latency        stalls 20% of batches by 0.6 s (fault injection)               p95 canary
+errors              fails 20% of requests with a 500 (fault injection)             error-rate
+==================  =============================================================  ============
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from rollout.errors import BadInputError
+from rollout.local.haproxy import start_haproxy
+from rollout.local.processes import ManagedProcess, free_port, start_process, wait_until
+from rollout.local.prometheus import start_prometheus
+
+__all__ = ["SCENARIOS", "SERVER_ARGS", "demo_policy", "run_demo", "sd_server_binary",
+           "server_ready"]
+
+SERVER_ARGS = ["--model", "tiny", "--device", "cpu", "--threads", "1", "--host", "127.0.0.1",
+         "--max-batch", "1"]
+SCENARIOS: dict[str, list[str]] = {
+    "healthy": [],
+    "cpu-fallback": ["--device", "cuda", "--allow-degraded"],
+    "ort-fallback": ["--unet-backend", "onnxruntime", "--ort-providers",
+                     "CUDAExecutionProvider,CPUExecutionProvider", "--allow-degraded"],
+    "generic-attention": ["--attention", "math", "--allow-degraded"],
+    "tail-latency": ["--fault-stall-rate", "0.2", "--fault-stall-seconds", "0.6",
+                     "--fault-seed", "7"],
+    "errors": ["--fault-error-rate", "0.2", "--fault-seed", "7"],
+}
+
+
+def demo_policy(*, blue: str, green: str, socket: Path, prometheus: str,
+                prompts: str = "policies/prompts/tiny-64.yaml") -> dict[str, Any]:
+    """The local demo's RolloutPolicy (as a document, written next to the state)."""
+    return {
+        "apiVersion": "rollout-gates.dev/v1alpha1",
+        "kind": "RolloutPolicy",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "platform": "local",
+            "targets": {"blue": {"type": "url", "url": blue},
+                        "green": {"type": "url", "url": green}},
+            "router": {"type": "haproxy", "socket": str(socket), "backend": "sd"},
+            "steps": [{"weight": 0}, {"weight": 50, "canary": False, "pauseSeconds": 6}],
+            "canary": {"prompts": prompts, "api": "openai", "maxRequests": 400,
+                       "concurrency": 2, "bluePerGreen": 1, "warmupRequests": 2,
+                       "timeoutSeconds": 20, "deadlineSeconds": 150},
+            "metrics": {"prometheus": {"url": prometheus, "windowSeconds": 10,
+                                       "staleAfterSeconds": 5}},
+            "gates": [
+                {"type": "capability", "name": "capability", "fingerprint": "same-as-blue"},
+                {"type": "latency", "name": "p95", "quantile": 0.95, "maxRatio": 1.1,
+                 "alpha": 0.01},
+                {"type": "latency", "name": "p95-live", "source": "prometheus",
+                 "maxRatio": 2.0},
+                {"type": "error-rate", "name": "errors", "maxRate": 0.05},
+            ],
+            "rollback": {"onInconclusive": "rollback", "scaleDownDelaySeconds": 0},
+            "promotion": {"auto": True, "verifySeconds": 10},
+        },
+    }
+
+
+class _UserTraffic(threading.Thread):
+    """A trickle of real requests through HAProxy, so live gates judge routed traffic."""
+
+    def __init__(self, url: str, every_s: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.url, self.every = url, every_s
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        body = {"prompt": "a user request", "size": "64x64", "steps": 4, "seed": 1}
+        with httpx.Client(timeout=30) as c:
+            while not self.stop.wait(self.every):
+                try:
+                    c.post(f"{self.url}/v1/images/generations", json=body)
+                    self.sent += 1
+                except httpx.HTTPError:
+                    pass
+
+
+def sd_server_binary() -> str:
+    exe = Path(sys.executable).with_name("sd-server")
+    found = str(exe) if exe.exists() else shutil.which("sd-server")
+    if found is None:
+        raise BadInputError("sd-server is not installed: pip install -e 'deploy/sd-server[ort]' "
+                            "(make demo does this)")
+    return found
+
+
+def server_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run_demo(scenario: str, *, root: Path, extra_promote_args: list[str]) -> int:
+    """Start the stack, run ``rollout promote``, stop everything; returns its exit code."""
+    if scenario not in SCENARIOS:
+        raise BadInputError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
+    root = root.resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    ports = {k: free_port() for k in ("blue", "green", "front", "prom")}
+    urls = {c: f"http://127.0.0.1:{ports[c]}" for c in ("blue", "green")}
+    procs: list[ManagedProcess] = []
+    traffic = _UserTraffic(f"http://127.0.0.1:{ports['front']}")
+    server = sd_server_binary()
+    policy_file = root / "policy.yaml"
+    try:
+        print(f"== scenario {scenario}: green = sd-server {' '.join(SCENARIOS[scenario])}",
+              flush=True, file=sys.stderr)
+        for color, extra in (("blue", []), ("green", SCENARIOS[scenario])):
+            procs.append(start_process(f"sd-{color}", [
+                server, *SERVER_ARGS, "--port", str(ports[color]), *extra],
+                env={"OMP_NUM_THREADS": "1"}, log=root / f"sd-{color}.log"))
+        for color, proc in zip(("blue", "green"), procs, strict=True):
+            wait_until(partial(server_ready, urls[color]), timeout=240, what=f"sd-server {color}",
+                       proc=proc.proc, log=proc.log)
+        print(f"== blue {urls['blue']} and green {urls['green']} ready", flush=True,
+              file=sys.stderr)
+        hap, sock = start_haproxy(root / "haproxy", frontend_port=ports["front"],
+                                  blue=f"127.0.0.1:{ports['blue']}",
+                                  green=f"127.0.0.1:{ports['green']}")
+        procs.append(hap)
+        procs.append(start_prometheus(root / "prometheus", port=ports["prom"], targets={
+            "blue": f"127.0.0.1:{ports['blue']}", "green": f"127.0.0.1:{ports['green']}"}))
+        print(f"== HAProxy on :{ports['front']} (admin socket {sock}), Prometheus on "
+              f":{ports['prom']}", flush=True, file=sys.stderr)
+        policy_file.write_text(yaml.safe_dump(demo_policy(
+            blue=urls["blue"], green=urls["green"], socket=sock,
+            prometheus=f"http://127.0.0.1:{ports['prom']}"), sort_keys=False))
+        traffic.start()
+        from rollout.cli import app
+
+        print(f"== rollout promote {policy_file}", flush=True, file=sys.stderr)
+        # Without standalone mode click returns the command's exit code instead of exiting.
+        code = app(["promote", str(policy_file), "--state-dir", str(root / "state"),
+                    *extra_promote_args], standalone_mode=False)
+        return int(code or 0)
+    finally:
+        traffic.stop.set()
+        for p in reversed(procs):
+            p.stop()
+        print(f"== stopped the stack; logs and state in {root} (user requests sent through "
+              f"HAProxy: {traffic.sent})", flush=True, file=sys.stderr)

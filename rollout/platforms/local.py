@@ -1,0 +1,89 @@
+"""The ``local`` platform (the embedded default): SD servers on this machine.
+
+Targets are URLs of running servers or processes this platform starts from the policy. The
+status lives in SQLite under the state directory (:class:`rollout.store.StateStore`) and the
+router comes from the policy's registry (``haproxy`` or ``none``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+
+from rollout.errors import BadInputError
+from rollout.local.processes import ManagedProcess, start_process, wait_until
+from rollout.machine import Phase, RolloutStatus
+from rollout.policy.models import ProcessTarget, RolloutPolicy, UrlTarget
+from rollout.routers import make_router
+from rollout.routers.base import TrafficRouter
+from rollout.store import StateStore
+
+__all__ = ["LocalPlatform", "build_local"]
+
+
+class LocalPlatform:
+    """Blue and green as URLs, or as processes started (and retired) here."""
+
+    def __init__(self, policy: RolloutPolicy, *, log_dir: Path) -> None:
+        self.targets: dict[str, UrlTarget | ProcessTarget] = {}
+        for color in ("blue", "green"):
+            t = getattr(policy.spec.targets, color)
+            if not isinstance(t, UrlTarget | ProcessTarget):
+                raise BadInputError(f"targets.{color} is of type {t.type}: the local platform "
+                                    "takes url or process targets (use --platform kubernetes)")
+            self.targets[color] = t
+        self.log_dir = log_dir
+        self.processes: dict[str, ManagedProcess] = {}
+
+    def check(self) -> None:
+        """URL targets answer ``/healthz``; process targets' programs exist."""
+        for color, t in self.targets.items():
+            if isinstance(t, ProcessTarget):
+                if shutil.which(t.command[0]) is None and not Path(t.command[0]).exists():
+                    raise BadInputError(f"targets.{color}.command: {t.command[0]!r} not found")
+                continue
+            try:
+                httpx.get(f"{t.url}/healthz", timeout=5).raise_for_status()
+            except httpx.HTTPError as e:
+                raise BadInputError(f"targets.{color}.url {t.url} is unreachable ({e}); start "
+                                    "the server or fix the URL") from e
+
+    def endpoints(self, color: str) -> list[str]:
+        """The one URL of ``color``."""
+        return [self.targets[color].url.rstrip("/")]
+
+    def wait_ready(self, color: str, *, timeout: float) -> None:
+        """Start a process target if needed, then wait for ``/readyz`` to answer 200."""
+        t = self.targets[color]
+        proc = None
+        if isinstance(t, ProcessTarget) and color not in self.processes:
+            proc = self.processes[color] = start_process(
+                f"sd-{color}", t.command, env=t.env, log=self.log_dir / f"{color}.log")
+            timeout = t.ready_timeout_seconds
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{t.url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=timeout, what=f"{color} at {t.url}",
+                   proc=proc.proc if proc else None, log=proc.log if proc else None)
+
+    def finish(self, status: RolloutStatus) -> None:
+        """Stop the process of the colour that lost (URL targets are not ours to stop)."""
+        loser = {Phase.PROMOTED: "blue", Phase.ROLLED_BACK: "green",
+                 Phase.ABORTED: "green"}.get(status.phase)
+        if loser and loser in self.processes:
+            self.processes.pop(loser).stop()
+
+
+def build_local(policy: RolloutPolicy, *, state_dir: Path) -> tuple[
+        LocalPlatform, StateStore, TrafficRouter]:
+    """Platform, SQLite store and router of a local rollout."""
+    return (LocalPlatform(policy, log_dir=state_dir / policy.metadata.name),
+            StateStore(state_dir), make_router(policy.spec.router))
+
+
