@@ -169,7 +169,8 @@ class PolicyAnalyzer:
                 blue_url=blue[0], green_url=green[0], prompts=tuple(prompts.prompts), api=c.api,
                 blue_per_green=c.blue_per_green, concurrency=c.concurrency,
                 max_requests=c.max_requests, warmup_requests=c.warmup_requests,
-                timeout_s=c.timeout_seconds, deadline_s=c.deadline_seconds,
+                timeout_s=c.timeout_seconds, deadline_s=c.deadline_seconds, rate=c.rate,
+                output_check=c.output_check,
                 latency_gates=tuple(self._canary_latency),
                 error_gate=errors[0] if errors else ErrorRateGateSpec())
         except (PromptSetError, ValueError, IndexError) as e:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import struct
 import time
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -297,3 +299,40 @@ def test_config_rejects_bad_settings() -> None:
                {"rate": 0.0}, {"max_requests": 0}, {"timeout_s": 0.0}, {"api": "grpc"}):
         with pytest.raises(ValueError):
             config(**kw)
+
+
+def test_other_encodings_of_the_same_pixels_are_decoded_and_pass_the_equality_check(
+        tmp_path: Path) -> None:
+    def encoded(seed: int, level: int) -> httpx.Response:
+        raw = (b"\x00" + bytes([seed % 256]) * 16) * 16
+        head = solid_png(16, seed)[:33]  # signature + IHDR of the same image
+        idat = zlib.compress(raw, level)
+        chunk = (struct.pack(">I", len(idat)) + b"IDAT" + idat
+                 + struct.pack(">I", zlib.crc32(b"IDAT" + idat)))
+        png = head + chunk + solid_png(16, seed)[-12:]
+        return httpx.Response(200, json={"data": [{"b64_json": base64.b64encode(png).decode()}]})
+
+    async def other_encoder(arm: str, seed: int, n: int) -> httpx.Response:
+        await asyncio.sleep(0.001)
+        return encoded(seed, 1 if arm == "green" else 9)
+
+    r = run(Fake(other_encoder), config(max_requests=12, concurrency=2,
+                                        output_check=OutputCheckSpec(mode="equal")), tmp_path)
+    assert next(g for g in r.gates if g.kind == "output").verdict is Verdict.PASS
+    assert r.output.identical == r.output.compared == 12
+    green = rows(tmp_path / "green.jsonl")
+    blue = {x["slice"]: x for x in rows(tmp_path / "blue.jsonl")}
+    for x in green:  # other bytes, so decoded: same signature recorded on both arms
+        assert x["image_hash"] != blue[x["slice"]]["image_hash"]
+        assert x["image_sig"] and x["image_sig"] == blue[x["slice"]]["image_sig"]
+
+
+def test_public_names_exist() -> None:
+    import importlib
+
+    for name in ("gates.canary", "gates.canary.adapters", "gates.canary.evaluation",
+                 "gates.canary.output_check", "gates.canary.prompts", "gates.canary.records",
+                 "gates.canary.runner", "gates.canary.loopback", "gates.error_rate"):
+        module = importlib.import_module(name)
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, (name, missing)

@@ -52,7 +52,7 @@ def canary_command(
     concurrency: Annotated[int | None, typer.Option(
         min=1, help="Slices in flight (closed loop); default 8.")] = None,
     rate: Annotated[float | None, typer.Option(
-        help="Slices per second (open loop) instead of --concurrency.")
+        help="Mean slices per second, Poisson arrivals (open loop), instead of --concurrency.")
     ] = None,
     max_requests: Annotated[int | None, typer.Option(
         min=1, help="Budget of green requests (= slices).")] = None,
@@ -60,8 +60,9 @@ def canary_command(
         min=0, help="Unjudged warm-up requests per arm.")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="Per-request timeout in seconds.")] = None,
-    deadline: Annotated[float, typer.Option(
-        help="Hard limit on the whole run in seconds.")] = 1800.0,
+    deadline: Annotated[float | None, typer.Option(
+        help="Hard limit on the whole run in seconds; default: the policy's, else 1800.")
+    ] = None,
     quantile: Annotated[float | None, typer.Option(help="Latency gate: quantile judged.")] = None,
     max_ratio: Annotated[float | None, typer.Option(
         help="Latency gate: allowed green/blue slowdown factor.")] = None,
@@ -177,7 +178,8 @@ def _build_config(o: dict[str, Any]) -> CanaryConfig:
         concurrency=pick("concurrency", canary.concurrency), rate=o["rate"],
         max_requests=pick("max_requests", canary.max_requests),
         warmup_requests=pick("warmup", canary.warmup_requests),
-        timeout_s=pick("timeout", canary.timeout_seconds), deadline_s=o["deadline"],
+        timeout_s=pick("timeout", canary.timeout_seconds),
+        deadline_s=pick("deadline", canary.deadline_seconds),
         latency_gates=tuple(latency), error_gate=errors,
         output_check=OutputCheckSpec(mode=o["image_check"].value,
                                      max_distance=o["max_image_distance"]),

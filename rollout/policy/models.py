@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from gates.canary.output_check import OutputCheckSpec
 from gates.capability.requirements import CapabilityRequirements
 from gates.error_rate import ErrorRateGateSpec
 from gates.latency import LatencyGateSpec
@@ -140,6 +141,11 @@ class CanarySpec(_Model):
     timeout_seconds: float = Field(120.0, gt=0)
     deadline_seconds: float = Field(1800.0, gt=0, description=(
         "Hard limit of one canary analysis: a green that never answers cannot hold it longer."))
+    rate: float | None = Field(None, gt=0, description=(
+        "Open-loop arrivals (slices per second) instead of fixed concurrency: no coordinated "
+        "omission, and no lock-step queue phases between the arms."))
+    output_check: OutputCheckSpec = Field(default_factory=OutputCheckSpec, description=(
+        "Same prompt and seed on both arms: compare the images (report, equal, distance)."))
 
 
 class PrometheusSourceSpec(_Model):
