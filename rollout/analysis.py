@@ -45,6 +45,7 @@ from rollout.machine import GateResult, Observation, RolloutStatus
 from rollout.metrics.prometheus import PrometheusClient, PrometheusProvider
 from rollout.platforms.base import Platform
 from rollout.policy.models import RolloutPolicy
+from rollout.report import utilization_evidence
 
 __all__ = ["PolicyAnalyzer"]
 
@@ -84,7 +85,8 @@ class PolicyAnalyzer:
             return Observation(error="green has no serving instance")
         gates["green-ready"] = _self_report(green, evidence)
         if self.spec.admission.same_path_as_blue:
-            gates["execution-path"] = _same_path(self.platform.endpoints("blue"), green)
+            gates["execution-path"] = _same_path(self.platform.endpoints("blue"), green,
+                                                 evidence)
         caps: list[CapabilityRequirements] = self._gates(CapabilityRequirements)
         if caps:
             blue = None
@@ -112,7 +114,7 @@ class PolicyAnalyzer:
         if spec_step.canary and has_canary_gates:
             gates.update(self._canary(status, f"step-{step}", evidence))
         t1 = time.time()
-        gates.update(self._utilization(t0, t1))
+        gates.update(self._utilization(t0, t1, evidence))
         gates.update(self._live(max(t1 - t0, self._live_window())))
         return Observation(gates=gates, evidence=evidence)
 
@@ -126,7 +128,7 @@ class PolicyAnalyzer:
         gates = dict(self._live(window, blue_offset=window))
         if not gates:
             gates.update(self._canary(status, "verify", evidence))
-        gates.update(self._utilization(t0, time.time()))
+        gates.update(self._utilization(t0, time.time(), evidence))
         return Observation(gates=gates, evidence=evidence)
 
     # -- pieces ----------------------------------------------------------------------------
@@ -140,7 +142,8 @@ class PolicyAnalyzer:
         return self.prometheus.evaluate(self.spec.gates, window_seconds=window,
                                         blue_offset_seconds=blue_offset)
 
-    def _utilization(self, t0: float, t1: float) -> dict[str, GateResult]:
+    def _utilization(self, t0: float, t1: float,
+                     evidence: dict[str, Any]) -> dict[str, GateResult]:
         out: dict[str, GateResult] = {}
         prom = self.spec.metrics.prometheus
         for gate in self._gates(UtilizationRequirements):
@@ -153,6 +156,8 @@ class PolicyAnalyzer:
                 gate.metric, start=t0, end=max(t1, t0 + 1), step_s=gate.interval_seconds,
                 selector=gate.selector)
             res = evaluate_utilization_floor(gate, samples)
+            evidence.setdefault("utilization", {})[gate.name] = utilization_evidence(
+                gate, samples, res)
             out[gate.name] = GateResult(res.verdict, res.reason)
         return out
 
@@ -231,7 +236,8 @@ def _path_of(caps: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def _same_path(blue: Sequence[str], green: Sequence[str]) -> GateResult:
+def _same_path(blue: Sequence[str], green: Sequence[str],
+               evidence: dict[str, Any]) -> GateResult:
     """Green runs the same kernels, precision and providers as blue, module by module.
 
     Why: drift of CUDA/cuDNN/TensorRT or a changed flag silently moves SD onto generic
@@ -239,7 +245,9 @@ def _same_path(blue: Sequence[str], green: Sequence[str]) -> GateResult:
     """
     try:
         with httpx.Client(timeout=10) as client:
-            ref = _path_of(client.get(f"{blue[0]}/capabilities").json())
+            blue_caps = client.get(f"{blue[0]}/capabilities").json()
+            evidence["blue_pipeline"] = blue_caps.get("pipeline")
+            ref = _path_of(blue_caps)
             paths = {url: _path_of(client.get(f"{url}/capabilities").json()) for url in green}
     except (httpx.HTTPError, ValueError, IndexError) as e:
         return GateResult(Verdict.ERROR, f"cannot read /capabilities: {e}", 1)

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import yaml
 
-from rollout.errors import BadInputError
+from rollout.errors import BadInputError, RolloutError
 from rollout.local.haproxy import start_haproxy
 from rollout.local.processes import ManagedProcess, free_port, start_process, wait_until
 from rollout.local.prometheus import start_prometheus
@@ -65,9 +65,9 @@ def demo_policy(*, blue: str, green: str, socket: Path, prometheus: str,
                         "green": {"type": "url", "url": green}},
             "router": {"type": "haproxy", "socket": str(socket), "backend": "sd"},
             "steps": [{"weight": 0}, {"weight": 50, "canary": False, "pauseSeconds": 6}],
-            "canary": {"prompts": prompts, "api": "openai", "maxRequests": 400,
+            "canary": {"prompts": prompts, "api": "openai", "maxRequests": 800,
                        "concurrency": 2, "bluePerGreen": 1, "warmupRequests": 2,
-                       "timeoutSeconds": 20, "deadlineSeconds": 150},
+                       "timeoutSeconds": 20, "deadlineSeconds": 200},
             "metrics": {"prometheus": {"url": prometheus, "windowSeconds": 10,
                                        "staleAfterSeconds": 5}},
             "gates": [
@@ -161,12 +161,25 @@ def run_demo(scenario: str, *, root: Path, extra_promote_args: list[str]) -> int
 
         print(f"== rollout promote {policy_file}", flush=True, file=sys.stderr)
         # Without standalone mode click returns the command's exit code instead of exiting.
-        code = app(["promote", str(policy_file), "--state-dir", str(root / "state"),
-                    *extra_promote_args], standalone_mode=False)
-        return int(code or 0)
+        code = int(app(["promote", str(policy_file), "--state-dir", str(root / "state"),
+                        *extra_promote_args], standalone_mode=False) or 0)
     finally:
         traffic.stop.set()
         for p in reversed(procs):
             p.stop()
         print(f"== stopped the stack; logs and state in {root} (user requests sent through "
               f"HAProxy: {traffic.sent})", flush=True, file=sys.stderr)
+    _write_report(root)
+    return code
+
+
+def _write_report(root: Path) -> None:
+    """The rollout's HTML report next to its state, and where it is (``make demo`` ends here)."""
+    from rollout.report import load_rollout, write_report
+
+    try:
+        path = write_report(load_rollout("demo", root / "state"), root / "report.html")
+    except (RolloutError, OSError, ValueError) as e:
+        print(f"== no report: {e}", flush=True, file=sys.stderr)
+        return
+    print(f"== report: {path}", flush=True, file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -103,7 +104,9 @@ def test_slower_green_fails_live_latency_and_error_rate(stack: tuple[int, dict])
     assert out["p95"].verdict is Verdict.FAIL, out["p95"].reason
     assert "green" in out["p95"].reason and "limit 1.15" in out["p95"].reason
     assert out["error-rate-live"].verdict is Verdict.FAIL
-    assert "10" in out["error-rate-live"].reason
+    # The fake server answers 10% of requests with 500s; increase() extrapolates a little.
+    rate = float(re.search(r"rate ([0-9.]+)%", out["error-rate-live"].reason).group(1))  # type: ignore[union-attr]
+    assert 7.0 <= rate <= 13.0
 
 
 def test_ceiling_and_canary_gates(stack: tuple[int, dict]) -> None:

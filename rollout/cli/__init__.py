@@ -6,9 +6,12 @@ Each command lives in its own module and registers itself on :data:`app`; heavy 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from rollout.cli import admit, canary, compare, demo, policy, rollouts, snapshot
+from rollout.cli import admit, canary, compare, demo, policy, report, rollouts, snapshot
+from rollout.observability import LogFormat
 
 __all__ = ["app", "main"]
 
@@ -26,6 +29,25 @@ snapshot.register(app)
 admit.register(app)
 rollouts.register(app)
 demo.register(app)
+report.register(app)
+
+
+@app.callback()
+def _observability(
+    log_format: Annotated[LogFormat | None, typer.Option(envvar="ROLLOUT_LOG_FORMAT", help=(
+        "Logs on stderr: text (default) or json (one object per line)."))] = None,
+    metrics_port: Annotated[int | None, typer.Option(envvar="ROLLOUT_METRICS_PORT", help=(
+        "Serve the controller's Prometheus metrics at http://127.0.0.1:PORT/metrics while "
+        "the command runs."))] = None,
+) -> None:
+    """Blue-green rollouts for Stable Diffusion services that prove green is fast."""
+    from rollout import observability
+    from rollout.cli._common import bad_input
+
+    try:
+        observability.configure(log_format=log_format, metrics_port=metrics_port)
+    except OSError as e:
+        bad_input(f"--metrics-port {metrics_port}: {e}")
 
 
 def main() -> None:

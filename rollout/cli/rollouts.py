@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from gates.canary.runner import CanaryProgress
     from rollout.controller import Controller
     from rollout.machine import Observation, RolloutStatus
+    from rollout.notify import Notifier
     from rollout.platforms.base import Platform, StatusStore
     from rollout.policy.models import RolloutPolicy
     from rollout.store import Intent
@@ -60,6 +61,7 @@ class Session:
     platform: Platform
     store: StatusStore
     controller: Controller
+    notifier: Notifier
 
 
 def _echo(msg: str) -> None:
@@ -87,8 +89,11 @@ def _canary_progress(p: CanaryProgress) -> None:
 
 def _build(policy: RolloutPolicy, *, platform: PlatformChoice | None, state_dir: Path,
            kubeconfig: str | None, context: str | None) -> Session:
+    from rollout import observability
     from rollout.analysis import PolicyAnalyzer
     from rollout.controller import Controller
+    from rollout.notify import Notifier
+    from rollout.report import EvidenceWriter
 
     kind = platform.value if platform else policy.spec.platform
     records = state_dir / "records"
@@ -104,8 +109,12 @@ def _build(policy: RolloutPolicy, *, platform: PlatformChoice | None, state_dir:
         plat, store, router = build_local(policy, state_dir=state_dir)
     analyzer = PolicyAnalyzer(policy, plat, records_dir=records,
                               on_canary_progress=_canary_progress)
-    ctl = Controller(store, router, analyzer, on_transition=_transition)
-    return Session(policy, plat, store, ctl)
+    notifier = Notifier.from_spec(policy.spec.notify)
+    printer = observability.log_transition \
+        if observability.log_format() is observability.LogFormat.json else _transition
+    ctl = Controller(store, router, analyzer, on_transition=observability.compose(
+        printer, EvidenceWriter(state_dir, policy=policy), observability.metrics(), notifier))
+    return Session(policy, plat, store, ctl, notifier)
 
 
 @contextmanager
@@ -192,8 +201,11 @@ def promote(
             _start(s.store, status, existing)
             _echo(f"rollout {name}: started ({len(spec.steps)} steps, gates: "
                   f"{', '.join(g.name for g in spec.gates)})")
-            final = s.controller.run(status)
-            s.platform.finish(final)
+            try:
+                final = s.controller.run(status)
+                s.platform.finish(final)
+            finally:
+                s.notifier.close(timeout=10)
         _report(final, s.store, output, {"weights": _read_weights(s, final)})
     raise _exit(final)
 
@@ -269,8 +281,11 @@ def _act(name: str, intent: Intent | None, *, policy_file: Path | None,
         try:
             with s.store.lock(name):
                 status = s.store.load(name) or status
-                final = s.controller.run(status)
-                s.platform.finish(final)
+                try:
+                    final = s.controller.run(status)
+                    s.platform.finish(final)
+                finally:
+                    s.notifier.close(timeout=10)
         except LockedError as e:
             _echo(f"{intent or 'resume'} recorded; {e} and will act on it")
             final = status

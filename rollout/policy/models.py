@@ -19,6 +19,7 @@ from gates.capability.requirements import CapabilityRequirements
 from gates.error_rate import ErrorRateGateSpec
 from gates.latency import LatencyGateSpec
 from gates.utilization.floor import UtilizationRequirements
+from rollout.notify import NotifySpec
 from rollout.platforms.kubernetes_spec import GatewayApiRouterSpec, ServiceSelectorRouterSpec
 
 __all__ = [
@@ -209,6 +210,7 @@ class RolloutSpec(_Model):
     gates: list[GateSpec] = Field(min_length=1)
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    notify: NotifySpec = Field(default_factory=NotifySpec)
 
     @model_validator(mode="after")
     def _check(self) -> RolloutSpec:
