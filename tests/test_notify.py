@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import Router
 from pydantic import ValidationError
 
 from gates.verdict import Verdict
 from rollout.controller import Controller
-from rollout.machine import GateResult, Observation, Phase, Plan, RolloutStatus, Weights
+from rollout.machine import GateResult, Observation, Phase, Plan, RolloutStatus
 from rollout.notify import Notifier, NotifyEvent, NotifySpec, WebhookSpec, event_for
 from rollout.store import StateStore
 
@@ -69,20 +70,6 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-class Router:
-    def __init__(self) -> None:
-        self.weights = Weights(blue=100, green=0)
-
-    def check(self) -> None:
-        pass
-
-    def set_weights(self, weights: Weights) -> None:
-        self.weights = weights
-
-    def get_weights(self) -> Weights:
-        return self.weights
 
 
 class Scripted:

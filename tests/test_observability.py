@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import Router
 
 from gates.verdict import Verdict
 from rollout.controller import Controller
-from rollout.machine import GateResult, Observation, Plan, RolloutStatus, Weights
+from rollout.machine import GateResult, Observation, Plan, RolloutStatus
 from rollout.observability import (
     ControllerMetrics,
     LogFormat,
@@ -28,20 +29,6 @@ from rollout.observability import (
     serve_metrics,
 )
 from rollout.store import StateStore
-
-
-class Router:
-    def __init__(self) -> None:
-        self.weights = Weights(blue=100, green=0)
-
-    def check(self) -> None:
-        pass
-
-    def set_weights(self, weights: Weights) -> None:
-        self.weights = weights
-
-    def get_weights(self) -> Weights:
-        return self.weights
 
 
 class Clock:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
+from fakes import Router
 from typer.testing import CliRunner
 
 from gates.canary.loopback import LoopbackBehaviour, LoopbackServer
@@ -30,7 +31,7 @@ from gates.verdict import Verdict
 from rollout.analysis import PolicyAnalyzer
 from rollout.cli import report as report_cli
 from rollout.controller import Controller
-from rollout.machine import GateResult, Observation, Plan, RolloutStatus, Weights
+from rollout.machine import GateResult, Observation, Plan, RolloutStatus
 from rollout.policy.models import RolloutPolicy
 from rollout.report import EvidenceWriter, load_records, load_rollout, render_report
 from rollout.report.series import error_breakdown, replay_judge, running_quantile, slice_grid
@@ -45,20 +46,6 @@ SAME = LoopbackBehaviour(service_s=0.004, jitter_s=0.002, seed=3)
 FAILING = LoopbackBehaviour(service_s=0.004, status=500)
 
 # -- the rollout harness --------------------------------------------------------------------
-
-
-class Router:
-    def __init__(self) -> None:
-        self.weights = Weights(blue=100, green=0)
-
-    def check(self) -> None:
-        pass
-
-    def set_weights(self, weights: Weights) -> None:
-        self.weights = weights
-
-    def get_weights(self) -> Weights:
-        return self.weights
 
 
 @dataclass
