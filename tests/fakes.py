@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 from rollout.machine import Weights
 
 
@@ -19,3 +23,27 @@ class Router:
 
     def get_weights(self) -> Weights:
         return self.weights
+
+
+def serve_text(render: Callable[[], str],
+               content_type: str = "text/plain; version=0.0.4") -> ThreadingHTTPServer:
+    """A loopback HTTP server answering every GET with ``render()`` (a /metrics endpoint).
+
+    Call ``shutdown()`` when done; ``server_port`` says where it listens.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

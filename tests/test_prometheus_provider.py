@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fakes import serve_text
 
 from gates.error_rate import ErrorRateGateSpec
 from gates.latency import LatencyGateSpec
@@ -32,22 +31,7 @@ class FakeServer:
                  error_fraction: float = 0.0) -> None:
         self.median, self.sigma, self.rate, self.err = median, sigma, rate, error_fraction
         self.t0 = time.monotonic()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = outer.exposition().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.http = serve_text(self.exposition)
 
     def exposition(self) -> str:
         n = int(self.rate * (time.monotonic() - self.t0)) + 1

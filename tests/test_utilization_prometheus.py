@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fakes import serve_text
 
 from gates.utilization import PrometheusUtilization, UtilizationRequirements
 from gates.utilization.floor import evaluate_utilization_floor
@@ -38,23 +37,9 @@ def _exposition() -> str:
     return "\n".join(lines) + "\n"
 
 
-class _Exporter(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = _exposition().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusUtilization]:
-    exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    exporter = serve_text(_exposition)
     port = free_port()
     root: Path = tmp_path_factory.mktemp("prom-dcgm")
     proc = start_prometheus(root, port=port, targets={"green": f"127.0.0.1:{exporter.server_port}"})

@@ -8,16 +8,15 @@ tests are skipped with the reason, never counted as passing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import typer
+from sdserver_harness import Server, start_server
 from typer.testing import CliRunner
 
 from gates.canary.prompts import load_prompts
@@ -26,14 +25,8 @@ from gates.error_rate import ErrorRateGateSpec
 from gates.latency import LatencyGateSpec
 from gates.verdict import Verdict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "policies" / "prompts" / "tiny-64.yaml"
-MISSING = [m for m in ("torch", "diffusers", "sd_server") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=(
-    f"{', '.join(MISSING)} not importable: install deploy/sd-server (see its README)"))
-
-sys.path.insert(0, str(ROOT / "tests" / "sd_server"))
-from sdserver_harness import Server, start_server  # noqa: E402
 
 # One request per pipeline call: batch composition changes the bits, and identical arms should
 # draw identical images.
