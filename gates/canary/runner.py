@@ -1,24 +1,30 @@
-"""The seeded canary runner: shared time slices to blue and green, judged as they finish.
+"""The seeded canary runner: blue and green requests in step, judged slice by slice.
 
 A *slice* is one green request and ``K`` blue ones (``blue_per_green``) for the same prompt and
-seed, launched together in a shuffled arm order, so whatever load or noise hits the machines at
-that moment hits both arms alike and neither is always first on the wire. Slices are issued
+seed, sent at (about) the same moment, so whatever load or noise hits the machines then hits
+both arms alike. Slices are issued
 
-* at a fixed concurrency (``concurrency`` slices in flight: green sees ``N`` concurrent
-  requests, blue ``K * N``), a closed loop: latency runs from the moment a request is sent; or
+* at a fixed concurrency (``concurrency``), a closed loop *per arm*: green keeps ``N``
+  requests in flight and blue ``K * N``, each arm starting its next request as soon as one of
+  its own finishes; latency runs from the moment a request is sent. An arm may run at most
+  ``4 N`` slices ahead of the other (``lead``), so the arms stay in step and a stalled green
+  does not let blue spend the budget alone; or
 * at an open-loop arrival rate (``rate`` slices per second on average, Poisson arrivals drawn
-  from ``seed``, whatever is still in flight): latency runs from the moment the slice was *due*,
-  so a client or server that falls behind shows up as latency instead of silently lowering the
-  load (no coordinated omission).
+  from ``seed``, whatever is still in flight), all of a slice's requests sent together in a
+  shuffled arm order: latency runs from the moment the slice was *due*, so a client or server
+  that falls behind shows up as latency instead of silently lowering the load (no coordinated
+  omission).
 
-Mind the servers' queues. Two servers doing the same deterministic work answer in near ties, and
-a closed loop that keeps more requests in flight than an arm serves at once phase-locks each
-arm's queue: which request waits behind which depends on sub-millisecond history, differs
-between the arms and persists for many slices (seen on the reference server: 0.055 s of queueing
-on one arm, 0.01 s on the other, for a dozen slices). Within a slice the arms are then not
-interchangeable, and the judge rightly sees a difference that is the load pattern's, not the
-release's. Keep ``concurrency`` at or below what each arm serves without queueing (its batch
-size times replicas), or use the open loop, whose random arrivals do not lock phases.
+Why the closed loop is per arm: a loop that starts a slice's next requests only when *both*
+arms answered lets the slower arm set both arms' arrival times. Against batching servers this
+amplifies any small speed difference: the faster arm receives its next requests while idle and
+batches them together, the slower one receives them while still busy and splits them across
+batches. ``bench/canary_load_modes.py`` models two batching H100 servers: a green 1% slower
+(well inside a 10% margin) came out 2% slower and was rolled back in 100% of shared-loop runs
+at 8 in flight, and on two real H100s an identical green was rolled back this way
+(``bench/results/gpu_validation_h100.md``). Per-arm loops let each server's queue follow its
+own pace (the same green: 1.1% slower, promoted). The open loop has no feedback at all; use it
+to load a service like production traffic does.
 
 Before measuring, each arm gets ``warmup_requests`` sequential requests (first-request
 compilation, autotuning, cache fills) that are recorded but never judged. Measured requests are
@@ -30,11 +36,11 @@ still in flight are cancelled and recorded as such), the budget of ``max_request
 (= green requests) is spent, or the hard ``deadline_s`` passes (everything in flight is
 cancelled at once, so a green that never answers cannot hold the run past it).
 
-Connections: each slice in flight uses its own *lane*, a pair of small httpx clients (one per
-arm) reused by later slices. httpcore's pool scans every connection for every request, so one
-shared pool with 64 connections costs milliseconds of client CPU per request at concurrency 32,
-which is latency added to whatever finishes meanwhile; lanes keep each pool at ``K`` connections.
-A lane's first slice opens its connections (on both arms alike).
+Connections: each request in flight uses a small httpx client of its arm, reused by later
+requests (an open-loop slice takes one client per arm; its ``K`` blue requests share one).
+httpcore's pool scans every connection for every request, so one shared pool with 64
+connections costs milliseconds of client CPU per request at concurrency 32, which is latency
+added to whatever finishes meanwhile; small clients keep each pool at ``K`` connections or fewer.
 
 Prompt ``i mod len(prompts)`` drives slice ``i``; its seed is the prompt's seed plus the cycle
 number ``i // len(prompts)``, so a response cache on either arm cannot answer repeated prompts.
@@ -47,7 +53,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -220,7 +226,7 @@ def parse_server_timing(header: str | None) -> dict[str, float] | None:
     return out or None
 
 
-_Lane = dict[Arm, httpx.AsyncClient]
+_LEAD_ROUNDS = 4  # closed loop: an arm may run this many times ``concurrency`` slices ahead
 
 
 class _Stop(Exception):  # noqa: N818 - control flow, not an error
@@ -230,14 +236,14 @@ class _Stop(Exception):  # noqa: N818 - control flow, not an error
 class _Run:
     """One run's mutable state; :func:`run_canary` is its only user."""
 
-    def __init__(self, cfg: CanaryConfig, new_lane: Callable[[], _Lane],
+    def __init__(self, cfg: CanaryConfig, new_client: Callable[[Arm], httpx.AsyncClient],
                  writer: RecordWriter | None,
                  on_progress: Callable[[CanaryProgress], None] | None) -> None:
         self.cfg = cfg
         self.api: ImageAPI = get_adapter(cfg.api, model=cfg.model)
-        self.new_lane = new_lane
-        self.lanes: list[_Lane] = []
-        self.free: list[_Lane] = []
+        self.new_client = new_client
+        self.clients: list[httpx.AsyncClient] = []
+        self.free: dict[Arm, list[httpx.AsyncClient]] = {arm: [] for arm in ARMS}
         self.last_progress = -math.inf
         self.writer = writer
         self.on_progress = on_progress
@@ -252,19 +258,22 @@ class _Run:
 
     # -- requests ------------------------------------------------------------------------
 
-    def acquire(self) -> _Lane:
-        """A lane no slice is using (a new one when all are busy)."""
-        if not self.free:
-            self.lanes.append(self.new_lane())
-            return self.lanes[-1]
-        return self.free.pop()
+    def acquire(self, arm: Arm) -> httpx.AsyncClient:
+        """A client of ``arm`` no request is using (a new one when all are busy)."""
+        if not self.free[arm]:
+            self.clients.append(self.new_client(arm))
+            return self.clients[-1]
+        return self.free[arm].pop()
 
-    async def request(self, lane: _Lane, arm: Arm, replica: int, order: int, prompt: Prompt,
+    def release(self, arm: Arm, client: httpx.AsyncClient) -> None:
+        self.free[arm].append(client)
+
+    async def request(self, client: httpx.AsyncClient, arm: Arm, replica: int, order: int,
+                      prompt: Prompt,
                       seed: int, slice_no: int | None,
                       due: float | None = None) -> RequestRecord:
         """Send one request, time it, classify the outcome; never raises except on cancel."""
         req = self.api.request(prompt, seed)
-        client = lane[arm]
         built = client.build_request("POST", req.path, json=req.body)  # not part of the timing
         t0 = time.perf_counter()
         start = t0 if due is None else due
@@ -312,47 +321,58 @@ class _Run:
 
     async def warmup(self) -> None:
         """``warmup_requests`` sequential requests per arm, both arms at once; never judged."""
-        async def one_arm(lane: _Lane, arm: Arm) -> list[RequestRecord]:
-            out = []
+        async def one_arm(arm: Arm) -> list[RequestRecord]:
+            client, out = self.acquire(arm), []
             for i in range(self.cfg.warmup_requests):
                 p = self.cfg.prompts[i % len(self.cfg.prompts)]
-                rec = await self.request(lane, arm, 0, 0, p,
+                rec = await self.request(client, arm, 0, 0, p,
                                          (p.seed + _WARMUP_SEED_OFFSET) % 2**32, None)
                 out.append(replace(rec, excluded="warmup"))
+            self.release(arm, client)
             return out
 
         if self.cfg.warmup_requests:
-            lane = self.acquire()
-            done = await asyncio.gather(*(one_arm(lane, a) for a in ARMS))
-            self.free.append(lane)
+            done = await asyncio.gather(*(one_arm(a) for a in ARMS))
             if self.writer is not None:
                 self.writer.write([r for arm_records in done for r in arm_records])
 
     # -- slices --------------------------------------------------------------------------
 
-    async def run_slice(self, number: int, due: float | None = None) -> None:
-        """Run slice ``number``, judge it, write it; raise :class:`_Stop` when done."""
+    def slice_request(self, number: int) -> tuple[Prompt, int]:
+        """Slice ``number``'s prompt and seed (every arm sends the same)."""
+        prompt = self.cfg.prompts[number % len(self.cfg.prompts)]
+        return prompt, (prompt.seed + number // len(self.cfg.prompts)) % 2**32
+
+    async def run_slice(self, number: int, due: float) -> None:
+        """Open loop: send slice ``number``'s requests together, in a shuffled arm order."""
         self.sent += 1
-        prompts = self.cfg.prompts
-        prompt = prompts[number % len(prompts)]
-        seed = (prompt.seed + number // len(prompts)) % 2**32
+        prompt, seed = self.slice_request(number)
         arms: list[tuple[Arm, int]] = [("green", 0)]
         arms += [("blue", j) for j in range(self.cfg.blue_per_green)]
         self.rng.shuffle(arms)
-        lane = self.acquire()
-        tasks = [asyncio.create_task(self.request(lane, arm, rep, order, prompt, seed, number,
-                                                  due))
+        clients = {arm: self.acquire(arm) for arm in ARMS}
+        tasks = [asyncio.create_task(self.request(clients[arm], arm, rep, order, prompt, seed,
+                                                  number, due))
                  for order, (arm, rep) in enumerate(arms)]
         try:
             records = await asyncio.gather(*tasks)
-            self.free.append(lane)
-            if needs_pixels(*_images(records)):
-                records = await _decoded(records)
         except asyncio.CancelledError:  # finished requests of an unjudged slice: cancelled too
-            self.cancelled.extend(replace(t.result(), excluded="cancelled", payloads=())
-                                  for t in tasks
-                                  if t.done() and not t.cancelled() and t.exception() is None)
+            self.cancel_finished([t.result() for t in tasks
+                                  if t.done() and not t.cancelled() and t.exception() is None])
             raise
+        for arm, client in clients.items():
+            self.release(arm, client)
+        await self.finish_slice(number, records)
+
+    def cancel_finished(self, records: Sequence[RequestRecord]) -> None:
+        """Answers that arrived for a slice the run will never judge."""
+        self.cancelled.extend(replace(r, excluded="cancelled", payloads=()) for r in records)
+
+    async def finish_slice(self, number: int, records: list[RequestRecord]) -> None:
+        """Judge slice ``number`` once all its requests answered, write it, report progress;
+        raise :class:`_Stop` when the gates are done."""
+        if needs_pixels(*_images(records)):
+            records = await _decoded(records)
         green = next(r for r in records if r.arm == "green")
         blues = tuple(sorted((r for r in records if r.arm == "blue"), key=lambda r: r.replica))
         judged = self.evaluation.consume(SliceOutcome(number, green, blues))
@@ -369,16 +389,48 @@ class _Run:
             raise _Stop
 
     async def closed_loop(self) -> None:
-        """``concurrency`` workers, each running one slice after another."""
-        numbers = iter(range(self.cfg.max_requests))
+        """Per arm, ``concurrency`` workers per request of a slice, each sending one request
+        after another; a slice is judged when its last request answers (module docstring)."""
+        cfg = self.cfg
+        budget, lead = cfg.max_requests, _LEAD_ROUNDS * cfg.concurrency
+        slots: dict[Arm, Iterator[tuple[int, int]]] = {
+            "green": ((n, 0) for n in range(budget)),
+            "blue": ((n, j) for n in range(budget) for j in range(cfg.blue_per_green))}
+        started: dict[Arm, int] = {arm: 0 for arm in ARMS}  # slices each arm has begun
+        moved = asyncio.Condition()
+        waiting: dict[int, list[RequestRecord]] = {}  # slices with answers still missing
 
-        async def worker() -> None:
-            for n in numbers:
-                await self.run_slice(n)
+        async def worker(arm: Arm, other: Arm) -> None:
+            client = self.acquire(arm)
+            for n, replica in slots[arm]:
+                def in_step(n: int = n) -> bool:
+                    return n < started[other] + lead
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(self.cfg.concurrency, self.cfg.max_requests)):
-                tg.create_task(worker())
+                async with moved:
+                    await moved.wait_for(in_step)
+                    started[arm] = max(started[arm], n + 1)
+                    self.sent = max(self.sent, n + 1)
+                    moved.notify_all()
+                prompt, seed = self.slice_request(n)
+                rec = await self.request(client, arm, replica, 0, prompt, seed, n)
+                group = waiting.setdefault(n, [])
+                group.append(rec)
+                if len(group) == cfg.blue_per_green + 1:
+                    del waiting[n]
+                    ranked = sorted(group, key=lambda r: r.start)  # order sent on the wire
+                    await self.finish_slice(n, [replace(r, order=i)
+                                                for i, r in enumerate(ranked)])
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                pools: list[tuple[Arm, Arm]] = [("green", "blue")] * min(cfg.concurrency, budget)
+                pools += [("blue", "green")] * (len(pools) * cfg.blue_per_green)
+                self.rng.shuffle(pools)  # neither arm always first on the wire
+                for arm, other in pools:
+                    tg.create_task(worker(arm, other))
+        finally:
+            for group in waiting.values():
+                self.cancel_finished(group)
 
     async def open_loop(self, rate: float) -> None:
         """Launch slices at Poisson arrival times of mean rate ``rate``, whatever is in flight."""
@@ -417,20 +469,19 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
     Raises:
         OSError: the records directory cannot be written.
     """
-    # One TLS context for every lane: building one loads the CA bundle (~35 ms of CPU).
+    # One TLS context for every client: building one loads the CA bundle (~35 ms of CPU).
     verify: bool | ssl.SSLContext = False if config.verify is False else \
         ssl.create_default_context(cafile=None if config.verify is True else config.verify)
     urls = {"blue": config.blue_url, "green": config.green_url}
 
-    def new_lane() -> _Lane:
-        return {arm: httpx.AsyncClient(
+    def new_client(arm: Arm) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             base_url=urls[arm], headers=dict(config.headers), verify=verify, timeout=None,
             transport=transport, follow_redirects=False,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
-            for arm in ARMS}
 
     writer = RecordWriter(records_dir) if records_dir is not None else None
-    run = _Run(config, new_lane, writer, on_progress)
+    run = _Run(config, new_client, writer, on_progress)
     stopped_by: StopReason = "budget"
     try:
         async with asyncio.timeout(config.deadline_s):
@@ -445,9 +496,8 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
     except TimeoutError:
         stopped_by = "deadline"
     finally:
-        for lane in run.lanes:
-            for client in lane.values():
-                await client.aclose()
+        for client in run.clients:
+            await client.aclose()
         if writer is not None:
             writer.write(run.cancelled)
             writer.close()

@@ -50,7 +50,8 @@ def canary_command(
     blue_per_green: Annotated[int | None, typer.Option(
         min=1, help="K blue requests per green one in each slice.")] = None,
     concurrency: Annotated[int | None, typer.Option(
-        min=1, help="Slices in flight (closed loop); default 8.")] = None,
+        min=1, help=("Requests in flight per arm (blue: K x N), each arm its own closed "
+                      "loop; default 8."))] = None,
     rate: Annotated[float | None, typer.Option(
         help="Mean slices per second, Poisson arrivals (open loop), instead of --concurrency.")
     ] = None,

@@ -136,7 +136,9 @@ class CanarySpec(_Model):
     prompts: str = Field("policies/prompts/sd15-512.yaml", description="Prompt-set file.")
     api: Literal["openai", "a1111"] = "openai"
     max_requests: int = Field(600, ge=1, description="Budget of green requests per analysis.")
-    concurrency: int = Field(8, ge=1, le=256)
+    concurrency: int = Field(8, ge=1, le=256, description=(
+        "Requests in flight per arm (blue: K x N), each arm its own closed loop kept in step "
+        "with the other: the slower arm cannot time the faster one's arrivals."))
     blue_per_green: int = Field(1, ge=1, le=64, description="K blue requests per green one.")
     warmup_requests: int = Field(2, ge=0)
     timeout_seconds: float = Field(120.0, gt=0)
