@@ -83,6 +83,12 @@ def test_semantic_checks() -> None:
     doc = doc.replace("      type: url\n", "      type: url\n      url: http://x\n")
     with pytest.raises(PolicyError, match="gate names must be unique"):
         parse_policy(doc)
+    doc = doc.replace("    - type: latency\n", "    - {type: latency, name: other}\n", 1)
+    assert parse_policy(doc).spec.steps[0].weight == 10
+    blind = doc.replace("    - weight: 10\n",
+                        "    - weight: 10\n    - {weight: 100, canary: false}\n")
+    with pytest.raises(PolicyError, match=r"steps \[1\] set canary: false.*always ends nodata"):
+        parse_policy(blind)
 
 
 def test_committed_schema_is_current() -> None:

@@ -227,6 +227,12 @@ class RolloutSpec(_Model):
         if live and self.metrics.prometheus is None:
             raise ValueError(f"gates {', '.join(live)} read Prometheus: set "
                              "spec.metrics.prometheus.url")
+        blind = [i for i, s in enumerate(self.steps) if not s.canary]
+        if blind and not live:  # nothing could judge such a step: it would always end nodata
+            raise ValueError(
+                f"steps {blind} set canary: false, so only gates that read Prometheus could judge "
+                "them and there are none: such a step always ends nodata (and rolls back); drop "
+                "the step, set canary: true, or add a gate with source: prometheus")
         return self
 
 
