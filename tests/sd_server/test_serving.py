@@ -213,3 +213,44 @@ def test_full_queue_gets_503_with_retry_after_and_queued_requests_batch(
     assert metric(text, "sd_errors_total", kind="queue_full") >= 1
     assert metric(text, "sd_batch_size_images_bucket", le="2.0") > metric(
         text, "sd_batch_size_images_bucket", le="1.0")
+
+
+def test_a_client_that_leaves_takes_its_queued_job_with_it(main_server: Server) -> None:
+    """Two requests queue behind a slow one and their clients time out: their jobs are dropped
+    before the GPU sees them (one batch runs, not three) and counted as 499 client_closed."""
+    def batches() -> float:
+        return metric(httpx.get(main_server.url + "/metrics").text, "sd_batch_size_images_count")
+
+    def closed() -> float:
+        return metric(httpx.get(main_server.url + "/metrics").text, "sd_requests_total",
+                      endpoint="openai", code="499")
+
+    before_batches, before_closed = batches(), closed()
+    results: dict[str, httpx.Response | Exception] = {}
+
+    def send(key: str, timeout: float, **body: object) -> None:
+        try:
+            with httpx.Client(base_url=main_server.url, timeout=timeout,
+                              headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+                results[key] = _gen(c, **body)
+        except httpx.TimeoutException as e:
+            results[key] = e
+
+    slow = threading.Thread(target=send, args=("slow", 120),
+                            kwargs={"seed": 3, "size": "512x512", "steps": 20})
+    slow.start()
+    _wait_metric(main_server, "sd_in_flight_requests", 1)
+    leavers = [threading.Thread(target=send, args=(f"q{i}", 0.3), kwargs={"seed": 40 + i})
+               for i in range(2)]
+    for t in leavers:
+        t.start()
+    for t in leavers:
+        t.join(timeout=30)
+    assert all(isinstance(results[f"q{i}"], httpx.TimeoutException) for i in range(2))
+    slow.join(timeout=120)
+    answer = results["slow"]
+    assert isinstance(answer, httpx.Response) and answer.status_code == 200
+    _wait_metric(main_server, "sd_queue_depth", 0)
+    _wait_metric(main_server, "sd_in_flight_requests", 0)
+    assert closed() - before_closed == 2
+    assert batches() - before_batches == 1  # only the slow request's batch ran

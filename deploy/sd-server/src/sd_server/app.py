@@ -25,11 +25,11 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -65,6 +65,7 @@ from sd_server.schemas import (
 __all__ = ["Phase", "ServerState", "create_app"]
 
 log = logging.getLogger("sd_server")
+T = TypeVar("T")
 
 
 
@@ -96,6 +97,37 @@ class ApiError(Exception):
         body = {"error": {"message": str(self), "type": self.kind, "param": self.param,
                           "code": self.status}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class ClientClosedError(Exception):
+    """The client closed the connection before its images were ready."""
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` unless the client disconnects first; then cancel it and raise.
+
+    Why: a client that timed out (a canary past its deadline, a user giving up) would otherwise
+    keep its queued job, and the GPU would render images nobody reads while later requests wait
+    behind them. A queued job is dropped before it reaches the GPU; a batch already running
+    finishes (the pipeline call cannot be interrupted).
+
+    Raises:
+        ClientClosedError: the client went away first.
+    """
+    async def gone() -> None:  # the body is read: the next ASGI message is the disconnect
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if job.done():
+        return job.result()
+    job.cancel()
+    raise ClientClosedError("client closed the connection before the images were ready")
 
 
 @dataclass
@@ -314,7 +346,9 @@ def create_app(state: ServerState, on_fatal: Callable[[], None]) -> Starlette:
             except RequestError as e:
                 raise ApiError(e.status, "validation", str(e), e.param) from e
             try:
-                result = await state.batcher.submit(spec, items)
+                result = await _unless_client_leaves(request, state.batcher.submit(spec, items))
+            except ClientClosedError as e:
+                raise ApiError(499, "client_closed", str(e)) from e
             except QueueFullError as e:
                 raise ApiError(503, "queue_full", f"{e}; retry after {e.retry_after_s} s",
                                headers={"Retry-After": str(e.retry_after_s)}) from e

@@ -173,6 +173,7 @@ class Batcher:
                 await self._arrived.wait()
             while self._pending and self._pending[0].future.done():  # caller went away
                 self._pending.popleft()
+                self._metrics.queue_depth.set(len(self._pending))
             if not self._pending:
                 continue
             head = self._pending[0]

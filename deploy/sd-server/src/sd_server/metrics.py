@@ -39,6 +39,7 @@ ERROR_KINDS = (
     "inference",
     "out_of_memory",
     "injected",
+    "client_closed",
 )
 
 
