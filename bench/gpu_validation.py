@@ -177,9 +177,9 @@ class Harness:
     def drain(self, timeout_s: float = 150.0) -> float:
         """Wait until no server has queued or running work; returns the seconds waited.
 
-        A canary stopped by its deadline or decision leaves requests on the servers (they
-        finish work for clients that went away), which would slow the next cell's first
-        requests on that GPU."""
+        A canary stopped by its deadline or decision leaves its running batches on the servers
+        (sd-server drops a departed client's *queued* job, not a running batch), which would
+        slow the next cell's first requests on that GPU."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
             busy = 0.0
