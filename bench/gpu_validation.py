@@ -196,6 +196,13 @@ class Harness:
             time.sleep(0.5)
         return round(time.monotonic() - t0, 1)
 
+    def keep(self, name: str, res: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+        """Keep a CLI run's stderr as ``logs/NAME.log``; return its JSON output ({} if none)."""
+        (self.work / "logs").mkdir(exist_ok=True)
+        (self.work / "logs" / f"{name}.log").write_text(res.stderr)
+        out = res.stdout
+        return json.loads(out[out.index("{"):]) if "{" in out else {}
+
     def gpu_of(self, name: str) -> str:
         return "cpu" if name == "cpu" else self.gpu[SERVERS[name][1]]
 
@@ -293,9 +300,7 @@ def rollout(h: Harness, case: str, budget: int, concurrency: int) -> dict[str, A
         seconds = time.monotonic() - t0
         if hap is not None:
             hap.stop()
-    (h.work / "logs").mkdir(exist_ok=True)
-    (h.work / "logs" / f"promote-{case}.log").write_text(res.stderr)
-    doc = json.loads(res.stdout[res.stdout.index("{"):]) if "{" in res.stdout else {}
+    doc = h.keep(f"promote-{case}", res)
     hist = subprocess.run([*cli, "history", "gpu", "--state-dir", str(state), "--output", "json"],
                           capture_output=True, text=True, check=False).stdout
     history = json.loads(hist) if hist.strip().startswith("[") else []
@@ -354,9 +359,7 @@ def cell(h: Harness, c: Cell) -> dict[str, Any]:
         capture_output=True, text=True, timeout=c.deadline_s + 120, check=False)
     seconds = time.monotonic() - t0
     samples = sampler.stop() if sampler is not None else None
-    (h.work / "logs").mkdir(exist_ok=True)
-    (h.work / "logs" / f"canary-{name}.log").write_text(res.stderr)
-    doc = json.loads(res.stdout[res.stdout.index("{"):]) if "{" in res.stdout else {}
+    doc = h.keep(f"canary-{name}", res)
     arms = {}
     for arm in ("blue", "green"):
         s = doc.get(arm) or {}
