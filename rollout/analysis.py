@@ -20,7 +20,8 @@ Gates never crash the controller: every measurement problem becomes an ``error``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ import httpx
 from gates.canary.prompts import PromptSetError, load_prompts
 from gates.canary.runner import CanaryConfig, CanaryProgress, CanaryResult, run_canary_sync
 from gates.capability import (
+    CAPABILITIES_PATH,
     BaselineRequiredError,
     CapabilityRequirements,
+    CapabilitySnapshot,
     SnapshotSourceError,
     check_capability,
-    fetch_snapshot,
+    snapshot_from_document,
 )
 from gates.compare import summarize
 from gates.error_rate import ErrorRateGateSpec
@@ -47,7 +50,7 @@ from rollout.platforms.base import Platform
 from rollout.policy.models import RolloutPolicy
 from rollout.report import utilization_evidence
 
-__all__ = ["PolicyAnalyzer"]
+__all__ = ["PolicyAnalyzer", "path_of"]
 
 
 class PolicyAnalyzer:
@@ -77,28 +80,38 @@ class PolicyAnalyzer:
 
     # -- Admitting -------------------------------------------------------------------------
     def admit(self, status: RolloutStatus) -> Observation:
-        """Readiness, self-reported degradation and capability gates of every green instance."""
+        """Readiness, self-reported degradation and capability gates of every green instance.
+
+        Each instance's ``/capabilities`` is read once and every check judges that one read."""
         gates: dict[str, GateResult] = {}
         evidence: dict[str, Any] = {}
         green = self.platform.endpoints("green")
         if not green:
             return Observation(error="green has no serving instance")
-        gates["green-ready"] = _self_report(green, evidence)
-        if self.spec.admission.same_path_as_blue:
-            gates["execution-path"] = _same_path(self.platform.endpoints("blue"), green,
-                                                 evidence)
         caps: list[CapabilityRequirements] = self._gates(CapabilityRequirements)
+        same_path = self.spec.admission.same_path_as_blue
+        with httpx.Client(timeout=10) as client:
+            ready = {url: _read(client, url, "/readyz") for url in green}
+            docs = {url: _read(client, url, CAPABILITIES_PATH) for url in green}
+            blue: _Read | None = None
+            if same_path or any(c.needs_blue() for c in caps):
+                blue_urls = self.platform.endpoints("blue")
+                blue = _read(client, blue_urls[0], CAPABILITIES_PATH) if blue_urls else \
+                    _Read(error="blue has no serving instance")
+        gates["green-ready"] = _self_report(ready, docs, evidence)
+        if same_path and blue is not None:
+            gates["execution-path"] = _same_path(blue, docs, evidence)
         if caps:
-            blue = None
-            if any(c.needs_blue() for c in caps):
+            blue_snapshot = None
+            if blue is not None and any(c.needs_blue() for c in caps):
                 try:
-                    blue = fetch_snapshot(self.platform.endpoints("blue")[0])
-                except (SnapshotSourceError, IndexError) as e:
+                    blue_snapshot = blue.snapshot()
+                except SnapshotSourceError as e:
                     for c in caps:
                         gates[c.name] = GateResult(Verdict.ERROR, f"blue snapshot: {e}", 1)
                     return Observation(gates=gates, evidence=evidence)
             for cap in caps:
-                gates[cap.name] = _capability(cap, green, blue, evidence)
+                gates[cap.name] = _capability(cap, docs, blue_snapshot, evidence)
         return Observation(gates=gates, evidence=evidence)
 
     # -- Analyzing -------------------------------------------------------------------------
@@ -193,40 +206,76 @@ def _canary_evidence(result: CanaryResult) -> dict[str, Any]:
     return doc
 
 
-def _self_report(urls: Sequence[str], evidence: dict[str, Any]) -> GateResult:
+@dataclass(frozen=True)
+class _Read:
+    """One GET of an instance's endpoint: the status and JSON body, or why it failed."""
+
+    url: str = ""
+    status: int = 0
+    body: dict[str, Any] | None = None
+    error: str | None = None
+
+    def snapshot(self) -> CapabilitySnapshot:
+        """The capability snapshot in a ``/capabilities`` body.
+
+        Raises:
+            SnapshotSourceError: the read failed, or the body holds no valid snapshot.
+        """
+        if self.error is not None:
+            raise SnapshotSourceError(f"{self.url}: {self.error}")
+        return snapshot_from_document(self.body, self.url)
+
+
+def _read(client: httpx.Client, base: str, path: str) -> _Read:
+    url = base.rstrip("/") + path
+    try:
+        response = client.get(url)
+    except httpx.HTTPError as e:
+        return _Read(url, error=f"{type(e).__name__}: {e}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if path == CAPABILITIES_PATH and (response.status_code != 200 or not isinstance(body, dict)):
+        return _Read(url, response.status_code, error=f"HTTP {response.status_code}, "
+                     f"{'not a JSON object' if not isinstance(body, dict) else 'an error'}")
+    return _Read(url, response.status_code, body if isinstance(body, dict) else None)
+
+
+def _self_report(ready: Mapping[str, _Read], docs: Mapping[str, _Read],
+                 evidence: dict[str, Any]) -> GateResult:
     """Every green instance is ready and does not report a degraded execution path."""
     problems: list[str] = []
     pipelines: dict[str, Any] = {}
-    with httpx.Client(timeout=10) as client:
-        for url in urls:
-            try:
-                ready = client.get(f"{url}/readyz")
-                caps = client.get(f"{url}/capabilities").json()
-            except (httpx.HTTPError, ValueError) as e:
-                problems.append(f"{url}: unreachable: {e}")
-                continue
-            pipelines[url] = caps.get("pipeline")
-            if ready.status_code != 200:
-                problems.append(f"{url}: not ready (HTTP {ready.status_code})")
-            if caps.get("degraded"):
-                found = "; ".join(
-                    f"[{v.get('check')}] {v.get('message')}" for v in caps.get("violations", [])
-                ) or "no reason given"
-                problems.append(f"{url}: serving on a degraded path: {found}")
-            if caps.get("fault_injection", {}).get("active"):
-                evidence.setdefault("fault_injection", {})[url] = caps["fault_injection"]
+    for url, doc in docs.items():
+        failed = ready[url].error or doc.error
+        if failed or doc.body is None:
+            problems.append(f"{url}: unreachable: {failed}")
+            continue
+        caps = doc.body
+        pipelines[url] = caps.get("pipeline")
+        if ready[url].status != 200:
+            problems.append(f"{url}: not ready (HTTP {ready[url].status})")
+        if caps.get("degraded"):
+            found = "; ".join(
+                f"[{v.get('check')}] {v.get('message')}" for v in caps.get("violations", [])
+            ) or "no reason given"
+            problems.append(f"{url}: serving on a degraded path: {found}")
+        if caps.get("fault_injection", {}).get("active"):
+            evidence.setdefault("fault_injection", {})[url] = caps["fault_injection"]
     evidence["green_pipeline"] = pipelines
     if problems:
         return GateResult(Verdict.FAIL, " | ".join(problems))
-    return GateResult(Verdict.PASS, f"{len(urls)} green instance(s) ready on a verified path")
+    return GateResult(Verdict.PASS, f"{len(docs)} green instance(s) ready on a verified path")
 
 
 _PATH_FIELDS = ("backend", "device", "dtype", "attention", "attention_impl", "memory_format",
                 "compiled")
 
 
-def _path_of(caps: dict[str, Any]) -> dict[str, Any]:
-    """The execution-path facts of a server's /capabilities, per module."""
+def path_of(caps: dict[str, Any]) -> dict[str, Any]:
+    """The execution-path facts of a server's /capabilities, per module (the report shows the
+    same facts the ``execution-path`` check compares)."""
     pipeline = caps.get("pipeline") or {}
     facts = {f"{mod}.{k}": m.get(k) for mod, m in (pipeline.get("modules") or {}).items()
              for k in _PATH_FIELDS}
@@ -236,21 +285,21 @@ def _path_of(caps: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def _same_path(blue: Sequence[str], green: Sequence[str],
+def _same_path(blue: _Read, green: Mapping[str, _Read],
                evidence: dict[str, Any]) -> GateResult:
     """Green runs the same kernels, precision and providers as blue, module by module.
 
     Why: drift of CUDA/cuDNN/TensorRT or a changed flag silently moves SD onto generic
     kernels (math attention, fp32) that pass every health probe.
     """
-    try:
-        with httpx.Client(timeout=10) as client:
-            blue_caps = client.get(f"{blue[0]}/capabilities").json()
-            evidence["blue_pipeline"] = blue_caps.get("pipeline")
-            ref = _path_of(blue_caps)
-            paths = {url: _path_of(client.get(f"{url}/capabilities").json()) for url in green}
-    except (httpx.HTTPError, ValueError, IndexError) as e:
-        return GateResult(Verdict.ERROR, f"cannot read /capabilities: {e}", 1)
+    failed = [f"{r.url}: {r.error}" for r in (blue, *green.values()) if r.body is None]
+    if failed:
+        return GateResult(Verdict.ERROR, f"cannot read /capabilities: {'; '.join(failed)}",
+                          len(failed))
+    blue_caps = blue.body or {}
+    evidence["blue_pipeline"] = blue_caps.get("pipeline")
+    ref = path_of(blue_caps)
+    paths = {url: path_of(r.body or {}) for url, r in green.items()}
     if not ref:
         return GateResult(Verdict.NODATA, "blue's /capabilities reports no pipeline")
     diffs = [f"{url}: {k} {ref.get(k)!r} on blue, {v!r} on green"
@@ -261,20 +310,21 @@ def _same_path(blue: Sequence[str], green: Sequence[str],
     return GateResult(Verdict.PASS, f"same execution path as blue ({len(ref)} facts)")
 
 
-def _capability(cap: CapabilityRequirements, green: Sequence[str], blue: Any,
-                evidence: dict[str, Any]) -> GateResult:
+def _capability(cap: CapabilityRequirements, docs: Mapping[str, _Read],
+                blue: CapabilitySnapshot | None, evidence: dict[str, Any]) -> GateResult:
     violations: list[str] = []
-    for url in green:
+    for url, doc in docs.items():
         try:
-            snap = fetch_snapshot(url)
-            report = check_capability(cap, snap, blue=blue)
-        except (SnapshotSourceError, BaselineRequiredError) as e:
+            report = check_capability(cap, doc.snapshot(), blue=blue)
+        except SnapshotSourceError as e:  # names the endpoint already
+            return GateResult(Verdict.ERROR, str(e), 1)
+        except BaselineRequiredError as e:
             return GateResult(Verdict.ERROR, f"{url}: {e}", 1)
         evidence.setdefault("capability", {})[url] = [
             v.model_dump(mode="json") for v in report.violations]
         violations += [f"{url}: [{v.check}] {v.message}" for v in report.violations]
     if violations:
         return GateResult(Verdict.FAIL, "; ".join(violations))
-    return GateResult(Verdict.PASS, f"{len(green)} green instance(s) meet the requirements")
+    return GateResult(Verdict.PASS, f"{len(docs)} green instance(s) meet the requirements")
 
 

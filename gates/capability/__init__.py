@@ -14,6 +14,7 @@ from gates.capability.collect import (
     fetch_snapshot,
     load_snapshot,
     scan_log_files,
+    snapshot_from_document,
 )
 from gates.capability.diff import DiffEntry, SnapshotDiff, diff, snapshot_facts
 from gates.capability.fingerprint import VersionMatrix, fingerprint_of
@@ -72,5 +73,6 @@ __all__ = [
     "scan_log_files",
     "scan_text",
     "snapshot_facts",
+    "snapshot_from_document",
     "snapshot_json_schema",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "fetch_snapshot",
     "load_snapshot",
     "scan_log_files",
+    "snapshot_from_document",
 ]
 
 CAPABILITIES_PATH: Final = "/capabilities"
@@ -161,12 +162,21 @@ def fetch_snapshot(
         body = response.json()
     except (httpx.HTTPError, ValueError) as e:
         raise SnapshotSourceError(f"{target}: {type(e).__name__}: {e}") from e
+    return snapshot_from_document(body, target)
+
+
+def snapshot_from_document(body: Any, source: str) -> CapabilitySnapshot:
+    """The snapshot inside a ``GET /capabilities`` body read elsewhere (``source`` names it).
+
+    Raises:
+        SnapshotSourceError: no ``snapshot`` key, or not a valid snapshot.
+    """
     if not isinstance(body, dict) or "snapshot" not in body:
-        raise SnapshotSourceError(f"{target}: the response has no 'snapshot' key")
+        raise SnapshotSourceError(f"{source}: the response has no 'snapshot' key")
     try:
         return CapabilitySnapshot.model_validate(body["snapshot"])
     except ValidationError as e:
-        raise SnapshotSourceError(f"{target}: not a valid capability snapshot: {e}") from e
+        raise SnapshotSourceError(f"{source}: not a valid capability snapshot: {e}") from e
 
 
 def load_snapshot(source: str, *, timeout_s: float = 10.0) -> CapabilitySnapshot:

@@ -294,9 +294,9 @@ def _utilization(data: ReportData, plots: ModuleType | None) -> str:
 def _path_facts(pipeline: Mapping[str, Any] | None) -> dict[str, str]:
     """The execution-path facts of one instance's ``/capabilities`` pipeline: exactly those the
     analyzer's ``execution-path`` gate compares."""
-    from rollout.analysis import _path_of  # one definition of "the path", shared with the gate
+    from rollout.analysis import path_of  # one definition of "the path", shared with the gate
 
-    return {k: _fact(v) for k, v in _path_of({"pipeline": pipeline or {}}).items()}
+    return {k: _fact(v) for k, v in path_of({"pipeline": pipeline or {}}).items()}
 
 
 def _fact(v: object) -> str:
