@@ -97,7 +97,7 @@ class PolicyAnalyzer:
             if same_path or any(c.needs_blue() for c in caps):
                 blue_urls = self.platform.endpoints("blue")
                 blue = _read(client, blue_urls[0], CAPABILITIES_PATH) if blue_urls else \
-                    _Read(error="blue has no serving instance")
+                    _Read("blue", error="no serving instance")
         gates["green-ready"] = _self_report(ready, docs, evidence)
         if same_path and blue is not None:
             gates["execution-path"] = _same_path(blue, docs, evidence)
