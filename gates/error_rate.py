@@ -107,7 +107,9 @@ class ErrorRateResult:
 def fail_alternatives(max_rate: float) -> tuple[float, ...]:
     """The failure probabilities ``p1 > max_rate`` mixed in the fail evidence."""
     grid = {max_rate * f for f in FAIL_RATE_FACTORS} | set(_FAIL_ABSOLUTE)
-    return tuple(sorted(p for p in grid if max_rate < p < 1))
+    alternatives = tuple(sorted(p for p in grid if max_rate < p < 1))
+    # maxRate >= 0.9 leaves no grid point above it: half-way to 1 keeps the mixture non-empty.
+    return alternatives or ((1 + max_rate) / 2,)
 
 
 class ErrorRateJudge:

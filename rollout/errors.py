@@ -5,6 +5,7 @@
     RolloutError
     ├── PermanentError          retrying the same call cannot help
     │   ├── BadInputError       policy, files, flags (exit 2, nothing changed)
+    │   │   └── StoreCorruptError   the status store is unreadable or lost a rollout
     │   ├── AccessDeniedError   credentials or RBAC refused the call (HTTP 401/403)
     │   ├── LockedError         another controller holds the rollout (exit 2)
     │   ├── NotFoundError       the object or rollout does not exist
@@ -27,6 +28,7 @@ __all__ = [
     "RolloutError",
     "RouterError",
     "StateConflictError",
+    "StoreCorruptError",
     "TemporaryError",
     "UnavailableError",
 ]
@@ -50,6 +52,14 @@ class TemporaryError(RolloutError):
 
 class BadInputError(PermanentError):
     """The user's input (policy, flags, files) is invalid; nothing was changed."""
+
+
+class StoreCorruptError(BadInputError):
+    """The status store cannot be read, or has lost a rollout it once held.
+
+    Never treated as "no rollout": traffic may still be split, so the message names the file
+    and ``rollout abort --haproxy-socket`` can still return traffic to blue without it.
+    """
 
 
 class AccessDeniedError(PermanentError):

@@ -107,6 +107,9 @@ class Plan(_Frozen):
     on_inconclusive: Literal["pause", "rollback"] = "rollback"
     verify: bool = False
     max_rollback_attempts: int = 5
+    #: The policy's ``router`` block as written, so ``abort``/``rollback`` can return traffic
+    #: to blue from the store alone when the saved policy copy is unreadable.
+    router: dict[str, Any] | None = None
 
 
 class RolloutStatus(_Frozen):
@@ -125,6 +128,9 @@ class RolloutStatus(_Frozen):
     reason: str = ""
     verdicts: dict[str, str] = Field(default_factory=dict)
     weights: Weights | None = None
+    #: Set when an action raised an unexpected exception: the rollout was rolled back because
+    #: the controller failed, not because green was judged worse (a distinct exit code).
+    internal_error: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -158,6 +164,9 @@ class Observation:
     weights: Weights | None = None
     error: str | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: The action raised something unexpected (a bug, a resource limit): never pause on it,
+    #: never retry it forward; traffic goes back to blue.
+    internal: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,9 @@ def _next(s: RolloutStatus, obs: Observation) -> tuple[RolloutStatus, str]:
     if s.terminal:
         return s, s.reason
     if s.phase is not Phase.ROLLING_BACK:
+        if obs.internal:
+            return _rollback(s.model_copy(update={"internal_error": True}),
+                             f"internal error in {s.phase.value}: {obs.error}")
         if s.abort_requested:
             return _rollback(s, "aborted by user")
         if s.rollback_requested:

@@ -13,6 +13,12 @@ by its ``name`` and the URL's scheme and host only; header values and the URL ar
 from any error text; response bodies are never logged. Policies can keep both out of the file
 (``urlEnv``, ``headersFromEnv``).
 
+At least once, de-duplicated by transition id: the controller saves a transition *before* it
+notifies, so a kill in between would lose the event; ``rollout resume``/``abort`` therefore
+re-announce the last recorded transition (:meth:`Notifier.redeliver`). Every request carries
+the transition's id (``ROLLOUT/GENERATION``) in an ``Idempotency-Key`` header (and as ``id``
+in JSON payloads), so a receiver drops the rare duplicate; one process never queues an id twice.
+
 Payloads: ``format: json`` posts the event as a JSON object (``event``, ``rollout``, ``phase``,
 ``previous_phase``, ``step``, ``generation``, ``reason``, ``verdicts``, ``weights``, ``at``);
 ``format: slack`` posts Slack's incoming-webhook shape (``text`` plus ``blocks``), which
@@ -48,6 +54,7 @@ __all__ = [
     "WebhookSpec",
     "event_for",
     "payload",
+    "transition_id",
 ]
 
 _log = logging.getLogger("rollout.notify")
@@ -137,13 +144,19 @@ _HEADLINE = {
 }
 
 
+def transition_id(status: RolloutStatus) -> str:
+    """The id of the transition that produced ``status`` (unique per rollout name)."""
+    return f"{status.name}/{status.generation}"
+
+
 def payload(event: NotifyEvent, prev: RolloutStatus, nxt: RolloutStatus, *,
             fmt: Literal["json", "slack"], at: float | None = None) -> dict[str, Any]:
     """The request body for one event in ``fmt``."""
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at or time.time()))
     weights = nxt.weights.model_dump() if nxt.weights else None
     if fmt == "json":
-        return {"event": event.value, "rollout": nxt.name, "phase": nxt.phase.value,
+        return {"id": transition_id(nxt), "event": event.value, "rollout": nxt.name,
+                "phase": nxt.phase.value,
                 "previous_phase": prev.phase.value, "step": nxt.step,
                 "generation": nxt.generation, "reason": nxt.reason,
                 "verdicts": dict(nxt.verdicts), "weights": weights, "at": when}
@@ -198,7 +211,7 @@ class _Target:
 
 _RETRY_STATUS = frozenset({408, 429})
 #: A queued notification; ``None`` tells the worker to stop.
-_Item = tuple[_Target, NotifyEvent, str, dict[str, Any]] | None
+_Item = tuple[_Target, NotifyEvent, str, dict[str, Any], str] | None
 
 
 class Notifier:
@@ -231,6 +244,7 @@ class Notifier:
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._queued: set[str] = set()
 
     @classmethod
     def from_spec(cls, spec: NotifySpec | None, **kw: Any) -> Notifier:
@@ -240,19 +254,28 @@ class Notifier:
     def __call__(self, prev: RolloutStatus, nxt: RolloutStatus, obs: Observation) -> None:
         """Queue the transition's event for every webhook that wants it; never blocks."""
         event = event_for(prev, nxt)
-        if event is None:
+        if event is None or transition_id(nxt) in self._queued:
             return
+        self._queued.add(transition_id(nxt))
         for target in self.targets:
             if event not in target.spec.events:
                 continue
             body = payload(event, prev, nxt, fmt=target.spec.format)
             try:
-                self._queue.put_nowait((target, event, nxt.name, body))
+                self._queue.put_nowait((target, event, nxt.name, body, transition_id(nxt)))
             except queue.Full:
                 _log.warning("notification %s of rollout %s to %s dropped: queue full",
                              event.value, nxt.name, target.where)
                 continue
             self._start()
+
+    def redeliver(self, previous_phase: str | None, status: RolloutStatus) -> None:
+        """Announce again the transition that produced ``status`` (from ``previous_phase``):
+        the process that saved it may have died before notifying (at least once)."""
+        if previous_phase is None:
+            return
+        prev = status.model_copy(update={"phase": Phase(previous_phase)})
+        self(prev, status, Observation())
 
     def _start(self) -> None:
         with self._lock:
@@ -286,15 +309,16 @@ class Notifier:
     def _work(self) -> None:
         with httpx.Client(transport=self.transport) as client:
             while (item := self._queue.get()) is not None:
-                target, event, rollout, body = item
-                delivery = self._deliver(client, target, event, rollout, body)
+                target, event, rollout, body, key = item
+                delivery = self._deliver(client, target, event, rollout, body, key)
                 self.deliveries.append(delivery)
 
     def _deliver(self, client: httpx.Client, target: _Target, event: NotifyEvent,
-                 rollout: str, body: dict[str, Any]) -> Delivery:
+                 rollout: str, body: dict[str, Any], key: str) -> Delivery:
         spec = target.spec
         data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", **target.headers}
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key,
+                   **target.headers}
         status: int | None = None
         error: str | None = None
         for attempt in range(1, spec.max_attempts + 1):

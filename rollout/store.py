@@ -4,6 +4,12 @@ Why SQLite: one file, atomic multi-row transactions, and WAL lets ``rollout stat
 read while the controller writes. Each transition is one row with its evidence, written in the
 same transaction as the new status, so the history can never disagree with the status.
 
+Why corruption is an error, not an empty store: a half-truncated or overwritten file raises
+:class:`~rollout.errors.StoreCorruptError` naming it, and a store that lost a rollout it held
+(the file truncated to zero bytes, or replaced) is caught by the ``NAME.started`` marker written
+beside it on the rollout's first save. Otherwise a rollout would be silently forgotten while
+HAProxy still holds its split.
+
 Why ``flock``: the OS releases it when the holder dies, even by SIGKILL, so a crashed
 controller never leaves a stale lock, and a second ``rollout promote`` learns at once who holds
 it (pid, host, since) from the lock file's content.
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rollout.errors import LockedError, StateConflictError
+from rollout.errors import LockedError, StateConflictError, StoreCorruptError
 from rollout.machine import RolloutStatus
 
 __all__ = ["Intent", "StateStore", "TransitionRecord"]
@@ -75,12 +81,21 @@ class StateStore:
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
         try:
-            with db:
-                yield db
-        finally:
-            db.close()
+            db = self._connect()
+            try:
+                with db:
+                    yield db
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as e:
+            raise StoreCorruptError(
+                f"status store {self.path} is unreadable ({e}): restore it from a backup or "
+                f"move it away; 'rollout abort NAME --haproxy-socket PATH' returns traffic to "
+                f"blue without it") from e
+
+    def _started(self, name: str) -> Path:
+        return self.root / f"{name}.started"
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
@@ -92,7 +107,19 @@ class StateStore:
         """The persisted status of ``name``, or None if it was never started."""
         with self._connection() as db:
             row = db.execute("SELECT status FROM rollouts WHERE name = ?", (name,)).fetchone()
-        return RolloutStatus.model_validate_json(row[0]) if row else None
+        if row is None:
+            if self._started(name).exists():
+                raise StoreCorruptError(
+                    f"status store {self.path} has no record of rollout {name!r}, which was "
+                    f"started here ({self._started(name)} exists): the file was truncated or "
+                    f"replaced. Traffic may still be split: 'rollout abort {name} "
+                    f"--haproxy-socket PATH' returns it to blue")
+            return None
+        try:
+            return RolloutStatus.model_validate_json(row[0])
+        except ValueError as e:
+            raise StoreCorruptError(f"status store {self.path}: the status of {name!r} does "
+                                    f"not parse: {e}") from e
 
     def names(self) -> list[str]:
         """All known rollouts."""
@@ -134,11 +161,14 @@ class StateStore:
                  json.dumps(evidence or {}, default=str), now))
             db.executemany("UPDATE intents SET consumed = 1 WHERE id = ?",
                            [(i,) for i in consumed or []])
+        if previous is None:  # after the commit: a marker never names an unsaved rollout
+            self._started(status.name).touch()
 
     def delete(self, name: str) -> None:
         """Forget a finished rollout so the same name can be promoted again."""
         with self._connection() as db:
             db.execute("DELETE FROM rollouts WHERE name = ?", (name,))
+        self._started(name).unlink(missing_ok=True)
 
     def history(self, name: str) -> list[TransitionRecord]:
         """Every transition of ``name`` in order (all runs of that name)."""

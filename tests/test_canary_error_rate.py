@@ -113,3 +113,18 @@ def test_policies_still_parse_error_rate_gates_from_their_new_home() -> None:
     pol = load_policy(ROOT / "policies" / "examples" / "local-demo.yaml")
     gates = [g for g in pol.spec.gates if isinstance(g, ErrorRateGateSpec)]
     assert len(gates) == 1 and gates[0].max_rate == 0.05
+
+
+@pytest.mark.parametrize("max_rate", [0.9, 0.95, 0.99])
+def test_a_tolerant_max_rate_still_judges_instead_of_crashing(max_rate: float) -> None:
+    # maxRate >= 0.9 once left the fail mixture empty: max() of an empty sequence, mid-canary.
+    judge = ErrorRateJudge(max_rate, 5)
+    for _ in range(2000):  # p1 = (1 + maxRate) / 2: about 920 all-failing requests at 0.99
+        r = judge.observe(True)
+        if r.verdict is Verdict.FAIL:
+            break
+    assert r.verdict is Verdict.FAIL
+    clean = ErrorRateJudge(max_rate, 5)
+    for _ in range(5):
+        r = clean.observe(False)
+    assert r.verdict is Verdict.PASS

@@ -20,7 +20,7 @@ import pytest
 
 from gates.canary.adapters import A1111Txt2Img, OpenAIImages, get_adapter
 from gates.canary.adapters.base import BadPayloadError
-from gates.canary.loopback import solid_png
+from gates.canary.loopback import LoopbackBehaviour, LoopbackServer, solid_png
 from gates.canary.output_check import OutputCheckSpec
 from gates.canary.prompts import Prompt
 from gates.canary.records import ERROR_KINDS
@@ -30,6 +30,7 @@ from gates.canary.runner import (
     CanaryResult,
     parse_server_timing,
     run_canary,
+    run_canary_sync,
 )
 from gates.compare import compare
 from gates.error_rate import ErrorRateGateSpec
@@ -267,6 +268,84 @@ def test_the_deadline_cancels_everything_in_flight(tmp_path: Path) -> None:
     assert r.slices["sent"] == 0
 
 
+def test_should_stop_cancels_the_run_within_one_slice_against_slow_servers(
+        tmp_path: Path) -> None:
+    """Two loopback servers answering in 0.3 s; the stop is asked for after the third slice:
+    the run ends then (the fourth slice, in flight, is cancelled), never spends its budget."""
+    seen: list[CanaryProgress] = []
+    asked: list[float] = []
+
+    def should_stop() -> str | None:
+        asked.append(time.monotonic())
+        return "abort requested by user" if len(seen) >= 3 else None
+
+    slow = LoopbackBehaviour(service_s=0.3)
+    with LoopbackServer(slow) as blue, LoopbackServer(slow) as green:
+        t0 = time.monotonic()
+        r = run_canary_sync(
+            config(blue_url=blue.url, green_url=green.url, concurrency=1, max_requests=100,
+                   deadline_s=60.0), records_dir=tmp_path, on_progress=seen.append,
+            should_stop=should_stop)
+        took = time.monotonic() - t0
+    assert r.stopped_by == "cancelled" and r.verdict is not Verdict.PASS
+    assert r.reason.startswith("cancelled (abort requested by user)")
+    assert r.slices["judged"] == 3 and r.slices["cancelled"] <= 1
+    assert 3 * 0.3 <= took < 4 * 0.3 + 0.5  # three slices, then at most one slice's time
+    assert asked[-1] - asked[0] < took  # asked while running, not only at the end
+    every = rows(tmp_path / "requests.jsonl")
+    assert {x["slice"] for x in every if x["excluded"] is None} == {0, 1, 2}
+    assert all(x["excluded"] == "cancelled" for x in every if x["slice"] not in (0, 1, 2))
+    assert r.to_dict()["stopped_by"] == "cancelled"
+
+
+@pytest.mark.parametrize("rate", [None, 20.0], ids=["closed-loop", "open-loop"])
+def test_should_stop_is_polled_while_requests_hang_and_cancels_them(
+        tmp_path: Path, rate: float | None) -> None:
+    """Green never answers, so no slice finishes: the poll (every 0.25 s) still stops the run
+    and every request in flight is recorded as cancelled."""
+    t0 = time.monotonic()
+
+    def should_stop() -> str | None:
+        return "rollback requested" if time.monotonic() - t0 > 0.4 else None
+
+    r = run(Fake(stalled_green), config(max_requests=50, concurrency=2, rate=rate,
+                                        timeout_s=60, deadline_s=30, warmup_requests=1),
+            tmp_path, should_stop=should_stop)
+    assert 0.4 <= time.monotonic() - t0 < 0.4 + 0.25 + 0.5
+    assert r.stopped_by == "cancelled" and r.slices["judged"] == 0
+    green = [x for x in rows(tmp_path / "requests.jsonl") if x["arm"] == "green"]
+    assert green and all(x["excluded"] == "cancelled" for x in green)
+
+
+def test_a_stop_asked_before_the_start_sends_nothing() -> None:
+    fake = Fake(fast)
+    r = run(fake, config(max_requests=10, warmup_requests=1), should_stop=lambda: "abort")
+    assert r.stopped_by == "cancelled" and r.slices["sent"] == 0 and not fake.calls
+
+
+def test_without_a_stop_asked_the_run_is_unchanged() -> None:
+    r = run(Fake(fast), config(max_requests=12, latency_gates=(),
+                               error_gate=ErrorRateGateSpec(max_rate=0.5, min_requests=5)),
+            should_stop=lambda: None)
+    assert r.stopped_by in ("decided", "budget") and r.slices["judged"] >= 5
+
+
+def test_a_body_over_the_cap_is_a_bad_payload_with_the_cap_in_its_detail(
+        tmp_path: Path) -> None:
+    async def big_green(arm: str, seed: int, n: int) -> httpx.Response:
+        await asyncio.sleep(0.001)
+        if arm == "green":
+            return httpx.Response(200, content=b"x" * 5000)
+        return image_response(seed)
+
+    r = run(Fake(big_green), config(max_requests=3, concurrency=1, max_body_bytes=4096,
+                                    error_gate=ErrorRateGateSpec(max_rate=0.5)), tmp_path)
+    assert {k for k, n in r.errors["green"].items() if n} == {"bad_payload"}
+    green = rows(tmp_path / "green.jsonl")
+    assert green and all(x["error"] == "bad_payload" and "4 KiB cap" in x["detail"]
+                         for x in green)
+
+
 def test_open_loop_times_from_the_due_moment_no_coordinated_omission(tmp_path: Path) -> None:
     def one_at_a_time() -> Fake:
         lock = asyncio.Lock()  # a server that serves one request at a time, 20 ms each
@@ -338,7 +417,8 @@ def test_adapters_build_their_apis_requests_and_reject_bad_payloads() -> None:
 
 def test_config_rejects_bad_settings() -> None:
     for kw in ({"blue_url": "blue:8000"}, {"prompts": ()}, {"concurrency": 0},
-               {"rate": 0.0}, {"max_requests": 0}, {"timeout_s": 0.0}, {"api": "grpc"}):
+               {"rate": 0.0}, {"max_requests": 0}, {"timeout_s": 0.0}, {"api": "grpc"},
+               {"max_body_bytes": 0}):
         with pytest.raises(ValueError):
             config(**kw)
 

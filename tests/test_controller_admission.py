@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,3 +124,87 @@ def test_an_unreadable_capabilities_endpoint_is_a_verdict_not_a_crash(
     assert gates["execution-path"][0] is Verdict.ERROR
     assert gates["versions"][0] is Verdict.ERROR and "HTTP 503" in gates["versions"][1]
     assert broken.hits["/capabilities"] == 1
+
+
+# -- interruption: should_stop ------------------------------------------------------------------
+
+ABORT = "abort requested by user"
+
+
+def analyzer(blue_url: str, green_url: str, tmp_path: Path, spec: str,
+             **kw: Any) -> PolicyAnalyzer:
+    policy = parse_policy(f"""
+apiVersion: rollout-gates.dev/v1alpha1
+kind: RolloutPolicy
+metadata: {{name: stop}}
+spec:
+  targets:
+    blue: {{type: url, url: "{blue_url}"}}
+    green: {{type: url, url: "{green_url}"}}
+{spec}
+""")
+
+    class Urls:
+        def endpoints(self, color: str) -> list[str]:
+            return [blue_url if color == "blue" else green_url]
+
+    return PolicyAnalyzer(policy, Urls(), records_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+STATUS = RolloutStatus(name="stop", plan=Plan(weights=(0,)))
+
+
+def test_an_abort_asked_between_admission_reads_interrupts_it(
+        blue: Instance, tmp_path: Path) -> None:
+    green = Instance(FAST)
+    a = analyzer(blue.url, green.url, tmp_path, """
+  steps: [{weight: 0}]
+  gates: [{type: latency}]""", should_stop=lambda: ABORT if green.hits["/readyz"] else None)
+    obs = a.admit(STATUS)
+    assert obs.error == f"analysis interrupted: {ABORT}"
+    assert green.hits == {"/readyz": 1} and not blue.hits  # nothing read after the stop
+    assert obs.evidence["interrupted"] == ABORT
+
+
+def test_a_soak_asks_should_stop_in_short_steps(blue: Instance, tmp_path: Path) -> None:
+    slept: list[float] = []
+    a = analyzer(blue.url, blue.url, tmp_path, """
+  steps: [{weight: 0}]
+  promotion: {verifySeconds: 3600}
+  gates: [{type: latency}]""", sleep=slept.append,
+                 should_stop=lambda: ABORT if len(slept) >= 4 else None)
+    obs = a.verify(STATUS)
+    assert obs.error == f"analysis interrupted: {ABORT}" and not obs.gates
+    assert slept == [0.25] * 4  # a second of the hour's soak, then the stop
+    # without should_stop the soak is one sleep, as before
+    slept.clear()
+    b = analyzer(blue.url, blue.url, tmp_path, """
+  steps: [{weight: 0, pauseSeconds: 5, canary: false}]
+  metrics: {prometheus: {url: "http://127.0.0.1:1"}}
+  limits: {exchangeSeconds: 1}
+  gates: [{type: latency, source: prometheus}]""", sleep=slept.append)
+    assert b.analyze(STATUS, 0).error is None and slept == [5.0]
+
+
+def test_a_canary_step_is_interrupted_within_one_slice_keeping_its_evidence(
+        tmp_path: Path) -> None:
+    from gates.canary.loopback import LoopbackBehaviour, LoopbackServer
+
+    progress: list[Any] = []
+    slow = LoopbackBehaviour(service_s=0.3)
+    with LoopbackServer(slow) as b, LoopbackServer(slow) as g:
+        a = analyzer(b.url, g.url, tmp_path, f"""
+  steps: [{{weight: 0}}]
+  canary: {{prompts: "{ROOT / 'policies/prompts/tiny-64.yaml'}", concurrency: 1,
+           warmupRequests: 0, maxRequests: 200}}
+  gates: [{{type: latency}}, {{type: error-rate}}]""", on_canary_progress=progress.append,
+                     should_stop=lambda: ABORT if len(progress) >= 3 else None)
+        t0 = time.monotonic()
+        obs = a.analyze(STATUS, 0)
+        took = time.monotonic() - t0
+    assert obs.error == f"analysis interrupted: {ABORT}"
+    assert took < 4 * 0.3 + 1.0  # three slices, at most one more: never the 200-slice budget
+    canary = obs.evidence["canary"]
+    assert canary["stopped_by"] == "cancelled" and canary["slices"]["judged"] == 3
+    assert set(obs.gates) == {"latency", "error-rate"}  # measured until then, kept
+    assert all(gate.verdict is not Verdict.PASS for gate in obs.gates.values())

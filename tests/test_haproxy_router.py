@@ -1,7 +1,14 @@
-"""The haproxy router against a real HAProxy on loopback: exact splits, read-back, errors."""
+"""The haproxy router against a real HAProxy on loopback: exact splits, read-back, errors.
+
+The order of the two weight commands (make-before-break: the raising one first) is checked on
+a fake admin socket that records every command; the end-to-end proof under load, and the kill
+between the two commands, are in ``tests/e2e/test_switch_loop.py``.
+"""
 
 from __future__ import annotations
 
+import re
+import socketserver
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -86,3 +93,82 @@ def test_missing_socket(tmp_path: Path) -> None:
         HaproxyRouter(tmp_path / "missing.sock").check()
     with pytest.raises(UnavailableError):
         haproxy_command(tmp_path / "missing.sock", "show info")
+
+
+class _FakeAdminSocket(socketserver.ThreadingUnixStreamServer):
+    """HAProxy's admin socket as the router uses it: one command per connection, recorded."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path, weights: dict[str, int]) -> None:
+        self.weights = dict(weights)
+        self.commands: list[str] = []
+        self.lock = threading.Lock()
+        super().__init__(str(path), _FakeAdminHandler)
+
+
+class _FakeAdminHandler(socketserver.StreamRequestHandler):
+    server: _FakeAdminSocket
+
+    def handle(self) -> None:
+        command = self.rfile.readline().decode().strip()
+        with self.server.lock:
+            self.server.commands.append(command)
+            if m := re.fullmatch(r"set server sd/(\w+) weight (\d+)", command):
+                self.server.weights[m.group(1)] = int(m.group(2))
+                answer = ""
+            elif m := re.fullmatch(r"get weight sd/(\w+)", command):
+                w = self.server.weights[m.group(1)]
+                answer = f"{w} (initial 100)\n"
+            else:
+                answer = "Unknown command.\n"
+        self.wfile.write(answer.encode())
+
+
+@pytest.fixture
+def fake_socket(tmp_path: Path) -> Iterator[_FakeAdminSocket]:
+    srv = _FakeAdminSocket(tmp_path / "admin.sock", {"blue": 100, "green": 0})
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize(("start", "target", "order"), [
+    ((100, 0), (0, 100), ["set server sd/green weight 100", "set server sd/blue weight 0"]),
+    ((0, 100), (100, 0), ["set server sd/blue weight 100", "set server sd/green weight 0"]),
+    ((90, 10), (50, 50), ["set server sd/green weight 50", "set server sd/blue weight 50"]),
+    ((50, 50), (90, 10), ["set server sd/blue weight 90", "set server sd/green weight 10"]),
+    # A half-applied switch (a kill between the commands) is finished by lowering only.
+    ((100, 100), (0, 100), ["set server sd/green weight 100", "set server sd/blue weight 0"]),
+], ids=["100/0-to-0/100", "0/100-to-100/0", "90/10-to-50/50", "50/50-to-90/10",
+        "100/100-to-0/100"])
+def test_raising_command_is_sent_first(fake_socket: _FakeAdminSocket, start: tuple[int, int],
+                                       target: tuple[int, int], order: list[str]) -> None:
+    fake_socket.weights = {"blue": start[0], "green": start[1]}
+    router = HaproxyRouter(fake_socket.server_address)
+    router.set_weights(Weights(blue=target[0], green=target[1]))
+    sets = [c for c in fake_socket.commands if c.startswith("set ")]
+    assert sets == order
+    assert router.get_weights() == Weights(blue=target[0], green=target[1])
+
+
+def test_every_intermediate_state_serves(fake_socket: _FakeAdminSocket) -> None:
+    """Replaying the recorded commands: no state between two commands is 0/0."""
+    router = HaproxyRouter(fake_socket.server_address)
+    splits = [(100, 0), (0, 100), (100, 0), (90, 10), (50, 50), (0, 100), (10, 90), (100, 0)]
+    for blue, green in splits:
+        router.set_weights(Weights(blue=blue, green=green))
+    state = {"blue": 100, "green": 0}
+    for command in fake_socket.commands:
+        if m := re.fullmatch(r"set server sd/(\w+) weight (\d+)", command):
+            state[m.group(1)] = int(m.group(2))
+            assert state["blue"] + state["green"] > 0, fake_socket.commands
+
+
+def test_zero_zero_is_refused_before_any_command(fake_socket: _FakeAdminSocket) -> None:
+    with pytest.raises(BadInputError, match="0/0"):
+        HaproxyRouter(fake_socket.server_address).set_weights(Weights(blue=0, green=0))
+    assert fake_socket.commands == []

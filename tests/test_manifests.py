@@ -211,6 +211,7 @@ def test_gateway_route_splits_between_the_slot_services() -> None:
     (0, "rollout: promoted Promoted - all traffic on green"),
     (1, "::error::rollout: green rolled back"),
     (3, "::warning::rollout: paused"),
+    (5, "::error::rollout: internal error, traffic returned to blue"),
     (7, "::error::rollout: infrastructure error (exit 7)")])
 def test_ci_step_keeps_the_report_and_passes_the_exit_code_on(
         tmp_path: Path, code: int, says: str) -> None:

@@ -11,6 +11,8 @@
 #   2 bad input / locked    -> fail; nothing was changed (another controller may be acting)
 #   3 paused / inconclusive -> fail and ask a human: `rollout resume` or `rollout abort`
 #   4 no data               -> fail; nothing could be judged (never a pass)
+#   5 internal error        -> fail; the controller crashed, traffic was returned to blue and
+#                              read back (the log has the traceback; re-running resumes)
 #   other                   -> infrastructure error (API server, crash): the status in the
 #                              cluster says where it stopped; re-running this step resumes it
 set -uo pipefail
@@ -39,6 +41,7 @@ case $code in
   2) echo "::error::rollout: bad input or locked, nothing changed ${summary}" ;;
   3) echo "::warning::rollout: paused, a human must decide (rollout resume | rollout abort) ${summary}" ;;
   4) echo "::error::rollout: no data to judge green ${summary}" ;;
+  5) echo "::error::rollout: internal error, traffic returned to blue; see the log ${summary}" ;;
   *) echo "::error::rollout: infrastructure error (exit $code); re-run to resume ${summary}" ;;
 esac
 exit "$code"

@@ -4,17 +4,17 @@ Why: a green that is fast because it silently runs a different model, a lower pr
 fewer steps is not a healthy release. Every slice sends one prompt and seed to all arms, so the
 images can be compared at no extra cost.
 
-Three measures, computed without heavy dependencies (``zlib`` and numpy only), the costly ones
-only when needed:
+Three measures, the costly ones only when needed:
 
 *Image hash* ``sha256:<hex>`` of the encoded image, always (microseconds). Equal hashes on both
 arms settle the slice: identical images, nothing is decoded.
 
 *Pixel hash* ``px:<sha256>`` of the decoded pixels (shape, sample depth and samples), computed
 only for slices whose image hashes differ, so two encoders that write the same pixels with
-different compression still match. Decoding a 512 px PNG costs tens of milliseconds of CPU; a
-slice of identical images costs none. Payloads this decoder cannot read (JPEG, WebP, interlaced
-or sub-byte PNGs) have no pixel hash. Equal pixels mean same model, same engine, same numerics.
+different compression still match. PNGs are decoded with Pillow (a few milliseconds for a
+512 px PNG); palette images are expanded to RGB, 16-bit grey keeps 16 bits, 16-bit colour is
+read at 8 bits per sample (Pillow's reading). Other formats (JPEG, WebP, ...) are not decoded
+and have no pixel hash. Equal pixels mean same model, same engine, same numerics.
 
 *Image distance* between signatures ``WxH:<hex>`` (computed with the pixel hash): the image's
 luminance (``0.299 R + 0.587 G + 0.114 B``, alpha ignored, 16-bit samples scaled to 8 bits)
@@ -25,6 +25,17 @@ kernel, fp16 vs bf16) move it by a fraction of a percent; another model or anoth
 whole regions and typically gives 0.05-0.3. The bound is the policy's choice (``maxDistance``,
 default 0.02).
 
+Image payloads are untrusted input: a PNG of a few hundred kilobytes can declare 20000 x 20000
+pixels (a decompression bomb). Before anything is decoded, the PNG header (IHDR) is read and the
+image is refused when it exceeds :data:`MAX_IMAGE_PIXELS` pixels or :data:`MAX_DECODED_BYTES`
+of samples, or the size the caller requested (``max_size``). Pillow then decodes into a buffer
+of the declared size only, so image data that inflates to more than the header says (a lying
+header) is never inflated beyond it. Decoding one image therefore needs at most a few times
+``MAX_DECODED_BYTES`` of memory, and the signature is computed band by band (a sixteenth of the
+image at a time). A refused, truncated or corrupt payload keeps its image hash and records why
+it has no pixel hash (:attr:`ImageFingerprint.error`); a slice it leaves undecidable names that
+reason in :attr:`OutputCheckResult.reason`.
+
 Modes (``OutputCheckSpec.mode``): ``report`` compares and reports but never gates (the default:
 a rollout that changes the model legitimately changes the images), ``equal`` fails on any slice
 whose hashes differ, ``distance`` fails on any slice whose distance exceeds ``maxDistance``.
@@ -33,21 +44,24 @@ whose hashes differ, ``distance`` fails on any slice whose distance exceeds ``ma
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import struct
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from gates.verdict import Verdict
 
 __all__ = [
+    "MAX_DECODED_BYTES",
+    "MAX_IMAGE_PIXELS",
     "SIGNATURE_GRID",
     "ImageFingerprint",
     "OutputCheck",
@@ -63,12 +77,20 @@ __all__ = [
 
 #: Blocks per side of the luminance signature.
 SIGNATURE_GRID = 16
+#: Largest image decoded, in pixels (4096 x 4096; SD draws 512-2048 px).
+MAX_IMAGE_PIXELS = 4096 * 4096
+#: Largest image decoded, in bytes of samples (palette images count as RGB).
+MAX_DECODED_BYTES = 64 * 2**20
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+# PNG colour type -> (name, samples per decoded pixel, allowed bit depths)
+_COLOUR_TYPES = {0: ("grey", 1, (1, 2, 4, 8, 16)), 2: ("RGB", 3, (8, 16)),
+                 3: ("palette", 3, (1, 2, 4, 8)), 4: ("grey+alpha", 2, (8, 16)),
+                 6: ("RGBA", 4, (8, 16))}
 
 
 class UnsupportedImageError(ValueError):
-    """The payload is not a PNG this decoder reads (the byte hash is used instead)."""
+    """The payload is not a PNG this check decodes (the byte hash is used instead): another
+    format, a corrupt or truncated PNG, or one larger than the decoding bounds."""
 
 
 class OutputCheckSpec(BaseModel):
@@ -87,11 +109,13 @@ class OutputCheckSpec(BaseModel):
 @dataclass(frozen=True)
 class ImageFingerprint:
     """What the check keeps of one image: always its hash; its pixel hash and signature once
-    decoded (``None`` before, or when the payload is not a PNG this decoder reads)."""
+    decoded (``None`` before, or when the payload is not a PNG this check decodes, in which
+    case ``error`` says why)."""
 
     hash: str
     pixels: str | None = None
     signature: str | None = None
+    error: str | None = field(default=None, compare=False)  # a diagnostic, not an identity
 
 
 def digest(data: bytes) -> ImageFingerprint:
@@ -99,16 +123,20 @@ def digest(data: bytes) -> ImageFingerprint:
     return ImageFingerprint(f"sha256:{hashlib.sha256(data).hexdigest()}")
 
 
-def fingerprint(data: bytes) -> ImageFingerprint:
-    """The full fingerprint: hash, and pixel hash and signature when the PNG decodes."""
+def fingerprint(data: bytes, *, max_size: tuple[int, int] | None = None) -> ImageFingerprint:
+    """The full fingerprint: hash, and pixel hash and signature when the PNG decodes.
+
+    Never raises for a bad payload: an image that cannot or may not be decoded (see
+    :func:`decode_png`; ``max_size`` is passed on) keeps its hash, with the reason in ``error``.
+    """
     cheap = digest(data)
     try:
-        pixels = decode_png(data)
-    except UnsupportedImageError:
-        return cheap
+        pixels = decode_png(data, max_size=max_size)
+    except UnsupportedImageError as e:
+        return ImageFingerprint(cheap.hash, error=str(e))
     h, w, c = pixels.shape
-    head = f"{w}x{h}x{c}x{pixels.dtype.itemsize * 8}:".encode()
-    px = hashlib.sha256(head + pixels.astype(pixels.dtype.newbyteorder(">")).tobytes())
+    px = hashlib.sha256(f"{w}x{h}x{c}x{pixels.dtype.itemsize * 8}:".encode())
+    px.update(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder(">")).data)
     return ImageFingerprint(cheap.hash, f"px:{px.hexdigest()}", _signature(pixels))
 
 
@@ -135,108 +163,86 @@ def signature_distance(a: str, b: str) -> float:
     return float(np.mean(np.abs(va - vb)) / 255.0)
 
 
-def decode_png(data: bytes) -> NDArray[np.uint8] | NDArray[np.uint16]:
-    """Decode a non-interlaced 8- or 16-bit PNG to an ``(height, width, samples)`` array.
+def decode_png(data: bytes, *, max_size: tuple[int, int] | None = None,
+               ) -> NDArray[np.uint8] | NDArray[np.uint16]:
+    """Decode a PNG to an ``(height, width, samples)`` array, with bounded memory.
 
-    Palette images are expanded to RGB. Enough for what SD servers send (8-bit RGB/RGBA from
-    PIL or OpenCV) without a dependency on an imaging library.
+    The header is checked first (module docstring): nothing is inflated for an image larger
+    than :data:`MAX_IMAGE_PIXELS`, :data:`MAX_DECODED_BYTES` or ``max_size`` (width, height).
+    Palette images are expanded to RGB; 16-bit grey gives ``uint16`` samples, everything else
+    ``uint8``.
 
     Raises:
-        UnsupportedImageError: not a PNG, corrupt, interlaced, or a bit depth below 8.
+        UnsupportedImageError: not a PNG, an invalid header, too large, truncated or corrupt.
     """
+    w, h = _checked_header(data, max_size)
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as img:
+            if img.size != (w, h):
+                raise UnsupportedImageError(f"PNG header says {w}x{h}, Pillow read {img.size}")
+            img.load()  # decodes into a buffer of the header's size: no more is inflated
+            if img.mode in ("1", "P"):
+                rgb = img.convert("L" if img.mode == "1" else "RGB")
+                pixels = np.asarray(rgb)
+                rgb.close()
+            else:
+                pixels = np.asarray(img)
+    except (UnsupportedImageError, MemoryError):
+        raise
+    except Exception as e:  # what Pillow raises on corrupt input varies: OSError, SyntaxError,
+        # ValueError, EOFError, struct.error, zlib.error... All mean "cannot decode this".
+        why = ("Pillow cannot read it" if isinstance(e, UnidentifiedImageError)  # names the
+               else f"{type(e).__name__}: {e}")  # BytesIO object: no address in a reason
+        raise UnsupportedImageError(f"corrupt or truncated PNG ({w}x{h}): {why}") from e
+    if pixels.dtype == np.uint8:
+        return pixels.reshape(h, w, -1)
+    if img.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" on older Pillow)
+        return pixels.astype(np.uint16, copy=False).reshape(h, w, 1)
+    raise UnsupportedImageError(f"unsupported PNG pixel mode {img.mode}")
+
+
+def _checked_header(data: bytes, max_size: tuple[int, int] | None) -> tuple[int, int]:
+    """Width and height from the IHDR chunk (the first, by the PNG specification), once they
+    are known to be valid and within the bounds."""
     if not data.startswith(_PNG_MAGIC):
         raise UnsupportedImageError("not a PNG")
-    header, palette, idat = _read_chunks(data)
-    try:
-        w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    except struct.error as e:
-        raise UnsupportedImageError("bad IHDR chunk") from e
-    if ctype not in _CHANNELS or depth not in (8, 16) or (ctype == 3 and depth != 8) \
-            or interlace != 0 or w == 0 or h == 0:
-        raise UnsupportedImageError(f"unsupported PNG (colour type {ctype}, depth {depth}, "
-                                    f"interlace {interlace})")
-    bpp = _CHANNELS[ctype] * depth // 8
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise UnsupportedImageError(f"corrupt image data: {e}") from e
-    if len(raw) != h * (1 + w * bpp):
-        raise UnsupportedImageError("image data length does not match the header")
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, 1 + w * bpp)
-    if int(rows[:, 0].max()) > 4:
-        raise UnsupportedImageError("unknown PNG row filter")
-    px = _unfilter(rows[:, 0], rows[:, 1:].reshape(h, w, bpp))
-    if ctype == 3:
-        if palette is None or len(palette) % 3:
-            raise UnsupportedImageError("palette image without a valid PLTE chunk")
-        lut = np.frombuffer(palette, dtype=np.uint8).reshape(-1, 3)
-        if int(px.max()) >= lut.shape[0]:
-            raise UnsupportedImageError("palette index out of range")
-        return lut[px[..., 0]]
-    if depth == 16:
-        return px.reshape(h, w, -1, 2).view(">u2")[..., 0].astype(np.uint16)
-    return px
-
-
-def _read_chunks(data: bytes) -> tuple[bytes, bytes | None, list[bytes]]:
-    pos, header, palette, idat = len(_PNG_MAGIC), b"", None, []
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if len(body) != length:
-            raise UnsupportedImageError("truncated PNG chunk")
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"PLTE":
-            palette = body
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if not header or not idat:
-        raise UnsupportedImageError("PNG without IHDR or IDAT")
-    return header, palette, idat
-
-
-def _unfilter(kinds: NDArray[np.uint8], filtered: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth) on whole anti-diagonals.
-
-    Each pixel depends on its left, upper and upper-left neighbours, so every pixel of an
-    anti-diagonal ``row + col = d`` can be reconstructed at once: ``h + w - 1`` vectorised steps
-    instead of ``h * w`` Python ones (about 60 ms for 512 x 512 RGB).
-    """
-    h, w, bpp = filtered.shape
-    if not kinds.any():
-        return filtered.copy()
-    out = np.zeros((h + 1, w + 1, bpp), dtype=np.int32)  # zero row/column: PNG's "outside"
-    x = filtered.astype(np.int32)
-    kind = kinds.astype(np.int32)
-    for d in range(h + w - 1):
-        r = np.arange(max(0, d - w + 1), min(h - 1, d) + 1)
-        c = d - r
-        a, b, ul = out[r + 1, c], out[r, c + 1], out[r, c]
-        p = a + b - ul
-        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - ul)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, ul))
-        t = kind[r][:, None]
-        pred = np.where(t == 1, a, np.where(t == 2, b, np.where(t == 3, (a + b) >> 1,
-                                                                    np.where(t == 4, paeth, 0))))
-        out[r + 1, c + 1] = (x[r, c] + pred) & 0xFF
-    return out[1:, 1:].astype(np.uint8)
+    ihdr = data[len(_PNG_MAGIC):len(_PNG_MAGIC) + 21]
+    if len(ihdr) < 21 or ihdr[:8] != b"\x00\x00\x00\x0dIHDR":
+        raise UnsupportedImageError("truncated PNG or no IHDR chunk first")
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", ihdr[8:])
+    name, samples, depths = _COLOUR_TYPES.get(ctype, ("?", 0, ()))
+    if depth not in depths or w == 0 or h == 0 or interlace > 1:
+        raise UnsupportedImageError(f"invalid PNG header ({w}x{h}, colour type {ctype}, "
+                                    f"depth {depth}, interlace {interlace})")
+    decoded = w * h * samples * (2 if depth == 16 else 1)
+    if w * h > MAX_IMAGE_PIXELS or decoded > MAX_DECODED_BYTES:
+        raise UnsupportedImageError(
+            f"PNG of {w}x{h} pixels ({depth}-bit {name}, {decoded / 2**20:.0f} MiB decoded) "
+            f"exceeds the decoding bound of {MAX_IMAGE_PIXELS} pixels and "
+            f"{MAX_DECODED_BYTES >> 20} MiB: not decoded")
+    if max_size is not None and (w > max_size[0] or h > max_size[1]):
+        raise UnsupportedImageError(f"PNG of {w}x{h} pixels is larger than the requested "
+                                    f"{max_size[0]}x{max_size[1]}: not decoded")
+    return w, h
 
 
 def _signature(pixels: NDArray[np.uint8] | NDArray[np.uint16]) -> str:
-    """``WxH:<hex>`` of the 16 x 16 block-mean luminance (see the module docstring)."""
+    """``WxH:<hex>`` of the 16 x 16 block-mean luminance (see the module docstring).
+
+    Exact integer sums per channel, one band of block rows at a time: the memory needed is a
+    few arrays of the image's width, whatever its height.
+    """
     h, w, c = pixels.shape
-    v = pixels.astype(np.float64) / (257.0 if pixels.dtype == np.uint16 else 1.0)
-    lum = v[..., 0] if c < 3 else v[..., 0] * 0.299 + v[..., 1] * 0.587 + v[..., 2] * 0.114
-    integral = np.zeros((h + 1, w + 1))
-    integral[1:, 1:] = lum.cumsum(0).cumsum(1)
+    weights = np.array([0.299, 0.587, 0.114] if c >= 3 else [1.0])
+    weights /= 257.0 if pixels.dtype == np.uint16 else 1.0
     r0, r1 = _block_edges(h)
     c0, c1 = _block_edges(w)
-    sums = (integral[np.ix_(r1, c1)] - integral[np.ix_(r0, c1)] - integral[np.ix_(r1, c0)]
-            + integral[np.ix_(r0, c0)])
+    sums = np.empty((SIGNATURE_GRID, SIGNATURE_GRID))
+    prefix = np.zeros((w + 1, weights.size), dtype=np.int64)
+    for i in range(SIGNATURE_GRID):
+        band = pixels[r0[i]:r1[i], :, :weights.size]
+        np.cumsum(band.sum(axis=0, dtype=np.int64), axis=0, out=prefix[1:])
+        sums[i] = (prefix[c1] - prefix[c0]) @ weights
     means = sums / np.outer(r1 - r0, c1 - c0)
     return f"{w}x{h}:{np.clip(np.rint(means), 0, 255).astype(np.uint8).tobytes().hex()}"
 
@@ -261,7 +267,9 @@ class OutputCheckResult:
         identical: those with identical image hashes on every arm.
         mismatches: slices that broke the rule (``equal`` in report mode).
         undecidable: slices whose distance could not be computed (differing payloads this
-            decoder cannot read).
+            check does not decode).
+        undecodable: why the first undecidable slice's image was not decoded (which arm,
+            which image, and :attr:`ImageFingerprint.error`), ``None`` if unknown or none.
         worst_distance: the largest signature distance seen (NaN before any).
         first_mismatch: the first slice that broke the rule.
         reason: one human sentence.
@@ -276,6 +284,7 @@ class OutputCheckResult:
     worst_distance: float
     first_mismatch: int | None
     reason: str
+    undecodable: str | None = None
 
     @property
     def gating(self) -> bool:
@@ -291,6 +300,7 @@ class OutputCheck:
         self._compared = self._identical = self._mismatches = self._undecidable = 0
         self._worst = math.nan
         self._first: int | None = None
+        self._undecodable: str | None = None
         self._result = self._summarise()
 
     @property
@@ -306,9 +316,12 @@ class OutputCheck:
         self._compared += 1
         same = all(_same(green, b) for b in blues)
         self._identical += same
-        dist = 0.0 if same else max(_distance(green, b) for b in blues)
+        dists = [0.0] if same else [_distance(green, b) for b in blues]
+        dist = math.nan if any(map(math.isnan, dists)) else max(dists)  # max() skips a NaN
         if math.isnan(dist):
             self._undecidable += 1
+            if self._undecodable is None:
+                self._undecodable = _why_undecodable(green, blues)
         else:
             self._worst = dist if math.isnan(self._worst) else max(self._worst, dist)
         broken = (not same) if self.spec.mode != "distance" else \
@@ -332,7 +345,8 @@ class OutputCheck:
             if s.mode == "distance":
                 reason += f" (bound {s.max_distance:g})"
             if self._undecidable:
-                reason += f", {self._undecidable} undecidable (image not decodable)"
+                why = f": {self._undecodable}" if self._undecodable else ""
+                reason += f", {self._undecidable} undecidable (image not decodable{why})"
             if self._first is not None:
                 reason += f"; first mismatch in slice {self._first}"
             if s.mode == "report":
@@ -340,11 +354,23 @@ class OutputCheck:
         return OutputCheckResult(
             verdict=verdict, mode=s.mode, compared=self._compared, identical=self._identical,
             mismatches=self._mismatches, undecidable=self._undecidable,
-            worst_distance=self._worst, first_mismatch=self._first, reason=reason)
+            worst_distance=self._worst, first_mismatch=self._first, reason=reason,
+            undecodable=self._undecodable)
 
 
 def _hashes(images: Sequence[ImageFingerprint]) -> list[str]:
     return [i.hash for i in images]
+
+
+def _why_undecodable(green: Sequence[ImageFingerprint],
+                     blues: Sequence[Sequence[ImageFingerprint]]) -> str | None:
+    """The first decoding error among a slice's images, naming its arm and position."""
+    arms = [("green", green)] + [(f"blue {j}", b) for j, b in enumerate(blues)]
+    for arm, images in arms:
+        for i, image in enumerate(images):
+            if image.error is not None:
+                return f"{arm} image {i}: {image.error}"
+    return None
 
 
 def _same(a: Sequence[ImageFingerprint], b: Sequence[ImageFingerprint]) -> bool:

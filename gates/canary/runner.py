@@ -33,8 +33,18 @@ judged by the error-rate gate (:mod:`gates.canary.evaluation` says how failed sl
 
 The run ends at the first of: the gates are done (:attr:`CanaryEvaluation.finished`; slices
 still in flight are cancelled and recorded as such), the budget of ``max_requests`` slices
-(= green requests) is spent, or the hard ``deadline_s`` passes (everything in flight is
-cancelled at once, so a green that never answers cannot hold the run past it).
+(= green requests) is spent, the hard ``deadline_s`` passes (everything in flight is
+cancelled at once, so a green that never answers cannot hold the run past it), or the caller's
+``should_stop`` returns a reason (``stopped_by`` ``cancelled``: an abort or rollback asked for
+while the canary runs). ``should_stop`` is asked after every finished slice (unless a slice
+asked it less than :data:`_STOP_CHECK_S` ago) and every :data:`_STOP_POLL_S` whatever happens,
+warm-up included; what is in flight then is cancelled and recorded as such, like at the
+deadline.
+
+Bodies are read streamed, at most ``max_body_bytes`` of each (:mod:`gates.bounded`): a larger
+answer is a ``bad_payload`` error, read no further, so an endless body cannot exhaust the
+client's memory. The per-request ``timeout_s`` bounds the whole exchange (connect, headers and
+body), and latency runs until the body's last byte, as before.
 
 Connections: each request in flight uses a small httpx client of its arm, reused by later
 requests (an open-loop slice takes one client per arm; its ``K`` blue requests share one).
@@ -62,6 +72,7 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from gates.bounded import CANARY_MAX_BYTES, BoundedReadError, aread_bounded
 from gates.canary.adapters import ImageAPI, get_adapter
 from gates.canary.adapters.base import BadPayloadError
 from gates.canary.evaluation import CanaryEvaluation, GateResult, SliceOutcome, combine_verdicts
@@ -82,12 +93,16 @@ from gates.verdict import Verdict
 __all__ = ["CanaryConfig", "CanaryProgress", "CanaryResult", "StopReason", "parse_server_timing",
            "run_canary", "run_canary_sync"]
 
-StopReason = Literal["decided", "budget", "deadline"]
+StopReason = Literal["decided", "budget", "deadline", "cancelled"]
 # Slices with more image bytes than this are decoded in a worker thread, so PNG decoding (tens
 # of ms at 512 px) does not delay the timestamps of other requests finishing meanwhile.
 _INLINE_DECODE_BYTES = 256 * 1024
 _WARMUP_SEED_OFFSET = 2**31  # warm-up seeds: never those of measured requests
 _DETAIL_CHARS = 300
+#: ``should_stop`` is polled this often whatever happens (requests in flight, warm-up) ...
+_STOP_POLL_S = 0.25
+#: ... and asked after a finished slice unless it was asked less than this long ago.
+_STOP_CHECK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,7 @@ class CanaryConfig:
     headers: tuple[tuple[str, str], ...] = ()
     verify: bool | str = True
     seed: int = 0
+    max_body_bytes: int = CANARY_MAX_BYTES
 
     def __post_init__(self) -> None:
         for name, url in (("blue_url", self.blue_url), ("green_url", self.green_url)):
@@ -131,6 +147,7 @@ class CanaryConfig:
             (self.warmup_requests >= 0, "warmup_requests must be >= 0"),
             (math.isfinite(self.timeout_s) and self.timeout_s > 0, "timeout_s must be > 0"),
             (self.deadline_s is None or self.deadline_s > 0, "deadline_s must be > 0"),
+            (self.max_body_bytes >= 1, "max_body_bytes must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -160,7 +177,8 @@ class CanaryResult:
         reason: why, naming the deciding gate.
         gates: each gating check's result.
         output: the output check (also when it only reports).
-        stopped_by: ``decided``, ``budget`` or ``deadline``.
+        stopped_by: ``decided``, ``budget``, ``deadline`` or ``cancelled`` (``should_stop``
+            returned a reason; ``reason`` starts with it).
         slices: ``{"sent", "judged", "excluded", "cancelled"}``.
         requests: measured requests per arm in consumed slices (warm-up and cancelled ones
             not included).
@@ -233,13 +251,21 @@ class _Stop(Exception):  # noqa: N818 - control flow, not an error
     """Raised inside the task group once the gates are done, to cancel the other slices."""
 
 
+class _Cancel(Exception):  # noqa: N818 - control flow, not an error
+    """Raised once ``should_stop`` gave a reason, to cancel everything in flight."""
+
+
 class _Run:
     """One run's mutable state; :func:`run_canary` is its only user."""
 
     def __init__(self, cfg: CanaryConfig, new_client: Callable[[Arm], httpx.AsyncClient],
                  writer: RecordWriter | None,
-                 on_progress: Callable[[CanaryProgress], None] | None) -> None:
+                 on_progress: Callable[[CanaryProgress], None] | None,
+                 should_stop: Callable[[], str | None] | None = None) -> None:
         self.cfg = cfg
+        self.should_stop = should_stop
+        self.stop_reason: str | None = None
+        self.last_slice_check = -math.inf  # when a finished slice last asked should_stop
         self.api: ImageAPI = get_adapter(cfg.api, model=cfg.model)
         self.new_client = new_client
         self.clients: list[httpx.AsyncClient] = []
@@ -286,11 +312,14 @@ class _Run:
 
         try:
             try:
-                async with asyncio.timeout(self.cfg.timeout_s):
-                    resp = await client.send(built)
+                async with asyncio.timeout(self.cfg.timeout_s):  # the whole exchange
+                    resp = await aread_bounded(client, built, max_bytes=self.cfg.max_body_bytes)
             except TimeoutError:
                 return record(time.perf_counter() - start, error="timeout", censored=True,
                               detail=f"no answer within {self.cfg.timeout_s:g} s")
+            except BoundedReadError as e:  # over the body cap: read no further, unusable
+                return record(time.perf_counter() - start, error="bad_payload",
+                              status=e.status_code, detail=_detail(str(e)))
             except httpx.TransportError as e:
                 return record(time.perf_counter() - start, error="connect",
                               detail=_detail(f"{type(e).__name__}: {e}"))
@@ -370,7 +399,7 @@ class _Run:
 
     async def finish_slice(self, number: int, records: list[RequestRecord]) -> None:
         """Judge slice ``number`` once all its requests answered, write it, report progress;
-        raise :class:`_Stop` when the gates are done."""
+        raise :class:`_Stop` when the gates are done, :class:`_Cancel` when asked to stop."""
         if needs_pixels(*_images(records)):
             records = await _decoded(records)
         green = next(r for r in records if r.arm == "green")
@@ -387,6 +416,45 @@ class _Run:
             self.on_progress(self.progress())
         if finished:
             raise _Stop
+        if self.should_stop is not None and now - self.last_slice_check >= _STOP_CHECK_S:
+            self.last_slice_check = now
+            self.check_stop()
+
+    # -- cancellation --------------------------------------------------------------------
+
+    def check_stop(self) -> None:
+        """Ask ``should_stop``; raise :class:`_Cancel` with its reason if it gave one."""
+        if self.should_stop is None:
+            return
+        reason = self.should_stop()
+        if reason:
+            self.stop_reason = reason
+            raise _Cancel(reason)
+
+    async def watch(self) -> None:
+        """Poll ``should_stop`` every :data:`_STOP_POLL_S` until cancelled (by the end of the
+        run) or asked to stop (:class:`_Cancel` ends the run's task group)."""
+        while True:
+            await asyncio.sleep(_STOP_POLL_S)
+            self.check_stop()
+
+    async def work(self) -> None:
+        """Warm-up, then the closed or the open loop."""
+        await self.warmup()
+        if self.cfg.rate is None:
+            await self.closed_loop()
+        else:
+            await self.open_loop(self.cfg.rate)
+
+    async def supervised(self) -> None:
+        """:meth:`work`, with :meth:`watch` beside it when there is a ``should_stop``."""
+        if self.should_stop is None:
+            await self.work()
+            return
+        self.check_stop()  # asked before anything is sent
+        async with asyncio.TaskGroup() as tg:
+            watcher = tg.create_task(self.watch())
+            tg.create_task(self.work()).add_done_callback(lambda _: watcher.cancel())
 
     async def closed_loop(self) -> None:
         """Per arm, ``concurrency`` workers per request of a slice, each sending one request
@@ -455,7 +523,8 @@ class _Run:
 
 async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = None,
                      on_progress: Callable[[CanaryProgress], None] | None = None,
-                     transport: httpx.AsyncBaseTransport | None = None) -> CanaryResult:
+                     transport: httpx.AsyncBaseTransport | None = None,
+                     should_stop: Callable[[], str | None] | None = None) -> CanaryResult:
     """Run a canary against blue and green and judge it (see the module docstring).
 
     Args:
@@ -465,6 +534,10 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
         on_progress: called with the state after a finished slice, at most ten times a
             second, and after the slice that ends the run by deciding or by the budget.
         transport: an httpx transport for both arms (tests); the network otherwise.
+        should_stop: returns why the run must stop now (e.g. ``"abort requested by user"``)
+            or ``None``; asked after each finished slice and every 0.25 s (module docstring).
+            On a reason, everything in flight is cancelled and the result has ``stopped_by``
+            ``cancelled``. Called in the event loop's thread: keep it quick.
 
     Raises:
         OSError: the records directory cannot be written.
@@ -481,18 +554,16 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
 
     writer = RecordWriter(records_dir) if records_dir is not None else None
-    run = _Run(config, new_client, writer, on_progress)
+    run = _Run(config, new_client, writer, on_progress, should_stop)
     stopped_by: StopReason = "budget"
     try:
         async with asyncio.timeout(config.deadline_s):
-            await run.warmup()
             try:
-                if config.rate is None:
-                    await run.closed_loop()
-                else:
-                    await run.open_loop(config.rate)
+                await run.supervised()
             except* _Stop:
                 stopped_by = "decided"
+            except* _Cancel:
+                stopped_by = "cancelled"
     except TimeoutError:
         stopped_by = "deadline"
     finally:
@@ -513,6 +584,8 @@ def _result(run: _Run, stopped_by: StopReason) -> CanaryResult:
     ev = run.evaluation
     gates = ev.gate_results()
     verdict, reason = combine_verdicts(gates)
+    if stopped_by == "cancelled":
+        reason = f"cancelled ({run.stop_reason}) before the gates decided: {reason}"
     consumed = ev.slices_judged + ev.slices_excluded
     return CanaryResult(
         verdict=verdict, reason=reason, gates=tuple(gates), output=ev.output,

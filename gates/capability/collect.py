@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 import httpx
 from pydantic import ValidationError
 
+from gates.bounded import CAPABILITIES_MAX_BYTES, BoundedReadError, read_bounded
 from gates.capability.host import probe_host
 from gates.capability.libraries import probe_libraries, probe_python_packages
 from gates.capability.logscan import CATALOG, LogHit, Phrase, scan_file
@@ -143,25 +144,42 @@ def capabilities_document(snapshot: CapabilitySnapshot) -> dict[str, Any]:
 
 
 def fetch_snapshot(
-    url: str, *, timeout_s: float = 10.0, client: httpx.Client | None = None
+    url: str,
+    *,
+    timeout_s: float = 10.0,
+    client: httpx.Client | None = None,
+    max_bytes: int = CAPABILITIES_MAX_BYTES,
 ) -> CapabilitySnapshot:
     """Read a server's snapshot from ``URL/capabilities`` (or ``URL`` if it ends so).
 
+    ``timeout_s`` is the deadline of the whole exchange (connect, headers, body) and
+    ``max_bytes`` the cap on the body (:mod:`gates.bounded`): a server trickling its answer
+    or sending an endless one is refused, not waited for.
+
     Raises:
-        SnapshotSourceError: unreachable, not JSON, no ``snapshot`` key, or invalid.
+        SnapshotSourceError: unreachable, too slow, too large, not JSON, no ``snapshot`` key,
+            or invalid.
     """
     base = url.rstrip("/")
     target = base if base.endswith(CAPABILITIES_PATH) else base + CAPABILITIES_PATH
     try:
         if client is None:
-            with httpx.Client(timeout=timeout_s) as own:
-                response = own.get(target)
+            with httpx.Client() as own:
+                response = read_bounded(own, own.build_request("GET", target),
+                                        deadline_s=timeout_s, max_bytes=max_bytes)
         else:
-            response = client.get(target, timeout=timeout_s)
-        response.raise_for_status()
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as e:
+            response = read_bounded(client, client.build_request("GET", target),
+                                    deadline_s=timeout_s, max_bytes=max_bytes)
+    except BoundedReadError as e:  # names the URL already
+        raise SnapshotSourceError(str(e)) from e
+    except httpx.HTTPError as e:
         raise SnapshotSourceError(f"{target}: {type(e).__name__}: {e}") from e
+    if not response.is_success:
+        raise SnapshotSourceError(f"{target}: HTTP {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError as e:
+        raise SnapshotSourceError(f"{target}: not JSON: {e}") from e
     return snapshot_from_document(body, target)
 
 

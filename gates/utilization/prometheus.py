@@ -5,7 +5,9 @@ already publishes per-GPU series. ``DCGM_FI_DEV_GPU_UTIL`` (percent) is the NVML
 ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` and ``DCGM_FI_PROF_PIPE_TENSOR_ACTIVE`` (ratios 0-1,
 scaled here to percent) say how busy the engines and tensor cores really are, which is what
 separates the fp16/fused path from a generic one. A failed or empty query becomes
-``UtilizationSamples.error`` (so ``nodata``), never an exception into the controller.
+``UtilizationSamples.error`` (so ``nodata``), never an exception into the controller; so does
+an answer not complete within the deadline of its exchange or larger than the size cap
+(:mod:`gates.bounded`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Final
 
 import httpx
 
+from gates.bounded import EXCHANGE_SECONDS, PROMETHEUS_MAX_BYTES, BoundedReadError, read_bounded
 from gates.utilization.samples import GpuSamples, UtilizationMetric, UtilizationSamples
 
 __all__ = ["DCGM_METRICS", "PrometheusUtilization", "dcgm_query"]
@@ -58,24 +61,36 @@ class PrometheusUtilization:
     Args:
         base_url: Prometheus, e.g. ``http://prometheus:9090``.
         client: an ``httpx.Client`` to reuse (tests pass one with a ``MockTransport``).
-        timeout_s: per-request timeout.
+        timeout_s: deadline of one whole query exchange (connect, headers and body).
+        max_bytes: cap on one answer's body.
     """
 
     def __init__(
-        self, base_url: str, *, client: httpx.Client | None = None, timeout_s: float = 10.0
+        self,
+        base_url: str,
+        *,
+        client: httpx.Client | None = None,
+        timeout_s: float = EXCHANGE_SECONDS,
+        max_bytes: int = PROMETHEUS_MAX_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._owns_client = client is None
         self._client = client if client is not None else httpx.Client(timeout=timeout_s)
         self._timeout_s = timeout_s
+        self._max_bytes = max_bytes
 
     def _range(self, query: str, start: float, end: float, step_s: float) -> list[Any]:
-        response = self._client.get(
+        request = self._client.build_request(
+            "GET",
             f"{self.base_url}/api/v1/query_range",
             params={"query": query, "start": start, "end": end, "step": f"{step_s:g}s"},
-            timeout=self._timeout_s,
+        )
+        response = read_bounded(
+            self._client, request, deadline_s=self._timeout_s, max_bytes=self._max_bytes
         )
         body = response.json()
+        if not isinstance(body, dict):
+            raise ValueError(f"HTTP {response.status_code}: not a JSON object")
         if response.status_code != 200 or body.get("status") != "success":
             raise ValueError(f"HTTP {response.status_code}: {body.get('error', body)}")
         result = body["data"]["result"]
@@ -104,21 +119,21 @@ class PrometheusUtilization:
         scale = DCGM_METRICS[metric][1]
         try:
             series = self._range(query, t0, t1, step_s)
-        except (httpx.HTTPError, ValueError, KeyError) as e:
+            gpus = tuple(
+                GpuSamples(
+                    gpu=_gpu_id(s["metric"]),
+                    name=s["metric"].get("modelName"),
+                    utilization_pct=tuple(float(v) * scale for _, v in s["values"]),
+                )
+                for s in series
+            )
+        except (httpx.HTTPError, BoundedReadError, ValueError, KeyError, TypeError) as e:
             return UtilizationSamples(
                 source="prometheus",
                 metric=metric,
                 gpus=(),
                 error=f"query {query!r} failed: {type(e).__name__}: {e}",
             )
-        gpus = tuple(
-            GpuSamples(
-                gpu=_gpu_id(s["metric"]),
-                name=s["metric"].get("modelName"),
-                utilization_pct=tuple(float(v) * scale for _, v in s["values"]),
-            )
-            for s in series
-        )
         error = None if gpus else f"query {query!r} returned no series in the window"
         return UtilizationSamples(source="prometheus", metric=metric, gpus=gpus, error=error)
 

@@ -51,5 +51,20 @@ def _observability(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    A traceback exits 5 (internal error), never 1: pipelines read 1 as "green rolled back".
+    """
+    import sys
+    import traceback
+
+    from rollout.cli._common import EXIT_INTERNAL
+
+    try:
+        app()
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.write(f"rollout: internal error (exit {EXIT_INTERNAL}); for a rollout, "
+                         "traffic was returned to blue and read back where the router "
+                         "answered (see the log above)\n")
+        sys.exit(EXIT_INTERNAL)

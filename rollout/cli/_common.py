@@ -1,7 +1,8 @@
 """Helpers shared by every command: output format, JSON printing, bad-input exits.
 
 Exit codes are a contract with pipelines: 0 pass/promoted/admitted, 1 fail/rolled back,
-2 bad input (nothing was changed), 3 inconclusive/paused, 4 no data.
+2 bad input (nothing was changed), 3 inconclusive/paused, 4 no data, 5 internal error (the
+controller failed; after a rollout moved traffic, it was returned to blue and read back).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Any, NoReturn
 
 import typer
 
-__all__ = ["EXIT_BAD_INPUT", "OutputFormat", "bad_input", "print_json"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "OutputFormat", "bad_input", "print_json"]
 
 EXIT_BAD_INPUT = 2
+#: Not 1: pipelines read 1 as "green was judged worse"; a crash must not look like a verdict.
+EXIT_INTERNAL = 5
 
 
 class OutputFormat(StrEnum):

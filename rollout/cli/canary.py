@@ -134,20 +134,20 @@ def _build_config(o: dict[str, Any]) -> CanaryConfig:
     from gates.canary.runner import CanaryConfig
     from gates.error_rate import ErrorRateGateSpec
     from gates.latency import LatencyGateSpec
-    from rollout.policy.models import CanarySpec
+    from rollout.policy.models import CanarySpec, LimitsSpec
 
     if o["concurrency"] is not None and o["rate"] is not None:
         raise ValueError("give --concurrency or --rate, not both")
     if o["insecure"] and o["ca_bundle"] is not None:
         raise ValueError("give --insecure or --ca-bundle, not both")
-    canary, urls = CanarySpec(), {"blue": None, "green": None}
+    canary, urls, limits = CanarySpec(), {"blue": None, "green": None}, LimitsSpec()
     latency: list[LatencyGateSpec] = [LatencyGateSpec()]
     errors = ErrorRateGateSpec()
     if o["policy"] is not None:
         from rollout.policy.loader import load_policy
 
         pol = load_policy(o["policy"]).spec
-        canary = pol.canary
+        canary, limits = pol.canary, pol.limits
         urls = {arm: getattr(getattr(pol.targets, arm), "url", None) for arm in urls}
         latency = [g for g in pol.gates if isinstance(g, LatencyGateSpec)]
         errors = next((g for g in pol.gates if isinstance(g, ErrorRateGateSpec)), errors)
@@ -184,7 +184,8 @@ def _build_config(o: dict[str, Any]) -> CanaryConfig:
         latency_gates=tuple(latency), error_gate=errors,
         output_check=OutputCheckSpec(mode=o["image_check"].value,
                                      max_distance=o["max_image_distance"]),
-        headers=tuple(headers), verify=verify, seed=o["seed"])
+        headers=tuple(headers), verify=verify, seed=o["seed"],
+        max_body_bytes=limits.canary_max_bytes)
 
 
 def _header(text: str) -> tuple[str, str]:

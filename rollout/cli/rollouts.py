@@ -1,11 +1,14 @@
 """``rollout promote``, ``status``, ``abort``, ``rollback``, ``resume``, ``history``.
 
 Exit codes: 0 promoted, 1 rolled back or aborted (traffic on blue), 2 bad input (nothing
-changed: bad policy, unreachable endpoint, router missing, rollout locked), 3 paused or
-inconclusive (a human decides: ``rollout resume`` or ``rollout rollback``).
+changed: bad policy, unreachable endpoint, router missing, rollout locked, corrupt store),
+3 paused or inconclusive (a human decides: ``rollout resume`` or ``rollout rollback``),
+5 internal error (the controller failed; traffic was returned to blue and read back).
 
 The CLI records intents; the controller acts. ``abort``/``rollback``/``resume`` write the
-intent, then act themselves if no controller holds the rollout's lock.
+intent, then act themselves if no controller holds the rollout's lock. ``abort`` and
+``rollback`` need no policy: the router frozen in the stored plan (or ``--haproxy-socket``
+when the store itself is unreadable) is enough to return traffic to blue.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rollout.cli._common import OutputFormat, bad_input, print_json
+from rollout.cli._common import EXIT_INTERNAL, OutputFormat, bad_input, print_json
 
 if TYPE_CHECKING:
     from gates.canary.runner import CanaryProgress
@@ -32,11 +35,13 @@ if TYPE_CHECKING:
     from rollout.notify import Notifier
     from rollout.platforms.base import Platform, StatusStore
     from rollout.policy.models import RolloutPolicy
+    from rollout.routers.base import TrafficRouter
     from rollout.store import Intent
 
 __all__ = ["register"]
 
 EXIT_BY_PHASE = {"Promoted": 0, "RolledBack": 1, "Aborted": 1, "RollingBack": 1, "Paused": 3}
+_ENDS_ON_BLUE = frozenset({"RolledBack", "RollingBack", "Aborted"})
 
 
 class PlatformChoice(StrEnum):
@@ -57,11 +62,22 @@ DEFAULT_STATE = Path(".state")
 class Session:
     """Everything one rollout needs, built from its policy."""
 
-    policy: RolloutPolicy
-    platform: Platform
+    policy: RolloutPolicy | None
+    platform: Platform | None
     store: StatusStore
     controller: Controller
-    notifier: Notifier
+    notifier: Notifier | None
+
+    def run(self, status: RolloutStatus) -> RolloutStatus:
+        """Run the controller, retire the losing colour, and let notifications leave."""
+        try:
+            final = self.controller.run(status)
+            if self.platform is not None:
+                self.platform.finish(final)
+        finally:
+            if self.notifier is not None:
+                self.notifier.close(timeout=10)
+        return final
 
 
 def _echo(msg: str) -> None:
@@ -107,8 +123,11 @@ def _build(policy: RolloutPolicy, *, platform: PlatformChoice | None, state_dir:
         from rollout.platforms.local import build_local
 
         plat, store, router = build_local(policy, state_dir=state_dir)
+    from rollout.controller import stop_probe
+
     analyzer = PolicyAnalyzer(policy, plat, records_dir=records,
-                              on_canary_progress=_canary_progress)
+                              on_canary_progress=_canary_progress,
+                              should_stop=stop_probe(store, policy.metadata.name))
     notifier = Notifier.from_spec(policy.spec.notify)
     printer = observability.log_transition \
         if observability.log_format() is observability.LogFormat.json else _transition
@@ -148,17 +167,29 @@ def _report(status: RolloutStatus, store: StatusStore, output: OutputFormat,
          else "unknown (router does not report)")
     typer.echo(f"rollout {status.name}: {status.phase.value.upper()}")
     typer.echo(f"  reason:  {status.reason}")
-    typer.echo(f"  weights: {w}")
+    live = (extra or {}).get("weights_live")
+    if (extra or {}).get("weights_differ") and live:
+        typer.echo(f"  weights: blue {live['blue']} / green {live['green']} read from the router "
+                   f"NOW; recorded: {w} (the controller stopped between the two)")
+    elif live:
+        typer.echo(f"  weights: blue {live['blue']} / green {live['green']} (read back)")
+    else:
+        typer.echo(f"  weights: {w} (recorded)")
     for gate, verdict in status.verdicts.items():
         typer.echo(f"  gate {gate}: {verdict}")
 
 
 def _exit(status: RolloutStatus) -> typer.Exit:
+    if status.internal_error and status.phase.value in _ENDS_ON_BLUE:
+        return typer.Exit(EXIT_INTERNAL)
     return typer.Exit(EXIT_BY_PHASE.get(status.phase.value, 3))
 
 
 def promote(
-    policy_file: Annotated[Path, typer.Argument(metavar="POLICY", help="RolloutPolicy YAML.")],
+    policy_arg: Annotated[Path | None, typer.Argument(metavar="[POLICY]", help=(
+        "RolloutPolicy YAML (shorthand for --policy).")), ] = None,
+    policy_opt: Annotated[Path | None, typer.Option("--policy", help=(
+        "RolloutPolicy YAML."))] = None,
     green: Annotated[str | None, typer.Option(help="Override targets.green.url.")] = None,
     platform: Annotated[PlatformChoice | None, typer.Option(help="Override spec.platform.")] = None,
     kubeconfig: Annotated[str | None, typer.Option(help="kubeconfig (kubernetes).")] = None,
@@ -171,6 +202,11 @@ def promote(
     from rollout.machine import Plan, RolloutStatus
     from rollout.policy.loader import load_policy
 
+    if (policy_arg is None) == (policy_opt is None):
+        bad_input("give the policy once: 'rollout promote POLICY' or "
+                  "'rollout promote --policy POLICY'", output=output)
+    policy_file = policy_arg or policy_opt
+    assert policy_file is not None
     with _errors(output):
         policy = load_policy(policy_file)
         if green is not None:
@@ -178,6 +214,7 @@ def promote(
         s = _build(policy, platform=platform, state_dir=state_dir, kubeconfig=kubeconfig,
                    context=context)
         name = policy.metadata.name
+        assert s.platform is not None  # a session built from a policy has its platform
         s.platform.check()
         s.controller.router.check()
         with s.store.lock(name):
@@ -195,18 +232,15 @@ def promote(
             status = RolloutStatus(name=name, plan=Plan(
                 weights=tuple(st.weight for st in spec.steps),
                 on_inconclusive=spec.rollback.on_inconclusive,
-                verify=spec.promotion.verify_seconds > 0))
+                verify=spec.promotion.verify_seconds > 0,
+                router=spec.router.model_dump(mode="json", by_alias=True)))
             if existing is not None:
                 status = status.model_copy(update={"generation": existing.generation + 1})
             _start(s.store, status, existing)
             _echo(f"rollout {name}: started ({len(spec.steps)} steps, gates: "
                   f"{', '.join(g.name for g in spec.gates)})")
-            try:
-                final = s.controller.run(status)
-                s.platform.finish(final)
-            finally:
-                s.notifier.close(timeout=10)
-        _report(final, s.store, output, {"weights": _read_weights(s, final)})
+            final = s.run(status)
+        _report(final, s.store, output, {"weights": _read_weights(s.controller.router, final)})
     raise _exit(final)
 
 
@@ -218,12 +252,12 @@ def _start(store: StatusStore, status: RolloutStatus, existing: RolloutStatus | 
         store.save(status, previous=existing, evidence={"action": "new run"})
 
 
-def _read_weights(s: Session, status: RolloutStatus) -> dict[str, int] | None:
+def _read_weights(router: TrafficRouter, status: RolloutStatus) -> dict[str, int] | None:
     """Weights read back from the router now (not the last recorded ones)."""
     from rollout.errors import RolloutError
 
     try:
-        w = s.controller.router.get_weights()
+        w = router.get_weights()
     except RolloutError:
         return status.weights.model_dump() if status.weights else None
     return w.model_dump() if w else None
@@ -262,54 +296,172 @@ def _load_saved(state_dir: Path, name: str, policy_file: Path | None) -> Rollout
     return Model.model_validate_json(path.read_text())
 
 
-def _act(name: str, intent: Intent | None, *, policy_file: Path | None,
-         platform: PlatformChoice | None, state_dir: Path, output: OutputFormat) -> None:
-    from rollout.errors import LockedError, NotFoundError
+def _try_policy(state_dir: Path, name: str, policy_file: Path | None
+                ) -> tuple[RolloutPolicy | None, str]:
+    """The policy, or None and why it could not be loaded (abort/rollback go on without)."""
+    from rollout.errors import RolloutError
+    from rollout.policy.loader import PolicyError
 
-    with _errors(output):
-        policy = _load_saved(state_dir, name, policy_file)
+    try:
+        return _load_saved(state_dir, name, policy_file), ""
+    except (RolloutError, PolicyError, ValueError, OSError) as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _haproxy(socket_path: Path | None, backend: str) -> TrafficRouter | None:
+    from rollout.routers.haproxy import HaproxyRouter
+
+    return None if socket_path is None else HaproxyRouter(socket_path, backend)
+
+
+def _plan_router(status: RolloutStatus) -> TrafficRouter:
+    """The router frozen in the stored plan (local routers only: Kubernetes needs a client).
+
+    Raises:
+        BadInputError: the plan names no router, or one this command cannot build alone.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from rollout.errors import BadInputError
+    from rollout.policy.models import RouterSpec
+    from rollout.routers import make_router
+
+    if status.plan.router is None:
+        raise BadInputError(f"the stored plan of {status.name!r} names no router: pass "
+                            f"--policy FILE or --haproxy-socket PATH")
+    try:
+        spec = TypeAdapter(RouterSpec).validate_python(status.plan.router)
+    except ValidationError as e:
+        raise BadInputError(f"the stored plan's router does not parse: {e}") from e
+    return make_router(spec)
+
+
+def _session_without_policy(name: str, state_dir: Path, router: TrafficRouter | None,
+                            why: str) -> Session:
+    """Store + router + no analysis: enough to return traffic to blue (abort, rollback)."""
+    from rollout.controller import Controller, NoAnalysis
+    from rollout.errors import NotFoundError
+    from rollout.store import StateStore
+
+    _echo(f"policy unusable ({why}); returning traffic to blue with the router "
+          f"{'given on the command line' if router else 'frozen in the stored plan'}")
+    store = StateStore(state_dir)
+    status = store.load(name)
+    if status is None:
+        raise NotFoundError(f"no rollout {name!r} has been started")
+    router = router or _plan_router(status)
+    return Session(None, None, store, Controller(store, router, NoAnalysis(),
+                                                 on_transition=_transition), None)
+
+
+def _act_on_store(name: str, intent: Intent | None, *, policy_file: Path | None,
+                  platform: PlatformChoice | None, state_dir: Path,
+                  router: TrafficRouter | None) -> tuple[RolloutStatus, StatusStore]:
+    from rollout.errors import BadInputError, LockedError, NotFoundError
+
+    policy, why = _try_policy(state_dir, name, policy_file)
+    if policy is None and intent not in ("abort", "rollback"):
+        raise BadInputError(f"cannot load the policy of {name!r}: {why}")
+    if policy is None:
+        s = _session_without_policy(name, state_dir, router, why)
+    else:
         s = _build(policy, platform=platform, state_dir=state_dir, kubeconfig=None,
                    context=None)
-        status = s.store.load(name)
-        if status is None:
-            raise NotFoundError(f"no rollout {name!r} has been started")
-        if intent is not None:
-            s.store.request(name, intent)
-        if status.terminal:
-            _report(status, s.store, output)
-            raise _exit(status)
+        if router is not None:
+            s.controller.router = router
+    status = s.store.load(name)
+    if status is None:
+        raise NotFoundError(f"no rollout {name!r} has been started")
+    if intent is not None:
+        s.store.request(name, intent)
+    _redeliver(s, status)
+    if status.terminal:
+        if s.notifier is not None:
+            s.notifier.close(timeout=10)
+        return status, s.store
+    try:
+        with s.store.lock(name):
+            final = s.run(s.store.load(name) or status)
+    except LockedError as e:
+        _echo(f"{intent or 'resume'} recorded; {e} and will act on it")
+        final = status
+    return final, s.store
+
+
+def _redeliver(s: Session, status: RolloutStatus) -> None:
+    """Notifications are at least once: the last run may have died between saving a
+    transition and announcing it, so announce it again (receivers dedupe by its id)."""
+    if s.notifier is None:
+        return
+    rows = s.store.history(status.name)
+    if rows and rows[-1].generation == status.generation:
+        s.notifier.redeliver(rows[-1].from_phase, status)
+
+
+def _blue_without_store(error: Exception, name: str, state_dir: Path, policy_file: Path | None,
+                        router: TrafficRouter | None, output: OutputFormat) -> None:
+    """The store is unreadable: return traffic to blue anyway, read it back, exit 2."""
+    if router is None:
+        policy, why = _try_policy(state_dir, name, policy_file)
+        if policy is None:
+            bad_input(f"{error}\nno router known to return traffic to blue ({why}): pass "
+                      f"--haproxy-socket PATH (or --policy FILE)", output=output)
+        from rollout.routers import make_router
+
+        router = make_router(policy.spec.router)
+    from rollout.controller import BLUE
+
+    router.set_weights(BLUE)
+    back = router.get_weights()
+    where = f"blue {back.blue} / green {back.green}" if back else "unknown (router can't tell)"
+    bad_input(f"{error}\ntraffic returned to blue without the store: router reads back "
+              f"{where}", output=output)
+
+
+def _act(name: str, intent: Intent | None, *, policy_file: Path | None,
+         platform: PlatformChoice | None, state_dir: Path, output: OutputFormat,
+         haproxy_socket: Path | None = None, haproxy_backend: str = "sd") -> None:
+    from rollout.errors import StoreCorruptError
+
+    router = _haproxy(haproxy_socket, haproxy_backend)
+    with _errors(output):
         try:
-            with s.store.lock(name):
-                status = s.store.load(name) or status
-                try:
-                    final = s.controller.run(status)
-                    s.platform.finish(final)
-                finally:
-                    s.notifier.close(timeout=10)
-        except LockedError as e:
-            _echo(f"{intent or 'resume'} recorded; {e} and will act on it")
-            final = status
-        _report(final, s.store, output)
+            final, store = _act_on_store(name, intent, policy_file=policy_file,
+                                         platform=platform, state_dir=state_dir, router=router)
+        except StoreCorruptError as e:
+            if intent not in ("abort", "rollback"):
+                raise
+            _blue_without_store(e, name, state_dir, policy_file, router, output)
+            raise  # pragma: no cover - _blue_without_store always exits
+        _report(final, store, output)
     raise _exit(final)
 
 
 PolicyOpt = Annotated[Path | None, typer.Option("--policy", help=(
     "Policy file (default: the copy saved by rollout promote)."))]
 PlatformOpt = Annotated[PlatformChoice | None, typer.Option(help="Override spec.platform.")]
+SocketOpt = Annotated[Path | None, typer.Option("--haproxy-socket", help=(
+    "Return traffic through this HAProxy admin socket, whatever the store or policy say "
+    "(works when the store is corrupt)."))]
+BackendOpt = Annotated[str, typer.Option("--haproxy-backend", help=(
+    "HAProxy backend holding the blue and green servers."))]
 
 
 def abort(name: Name, policy: PolicyOpt = None, platform: PlatformOpt = None,
+          haproxy_socket: SocketOpt = None, haproxy_backend: BackendOpt = "sd",
           state_dir: StateDir = DEFAULT_STATE, output: Output = OutputFormat.text) -> None:
-    """Stop the rollout and send all traffic back to blue (phase Aborted)."""
+    """Stop the rollout and send all traffic back to blue (phase Aborted); never re-runs an
+    analysis, needs no policy."""
     _act(name, "abort", policy_file=policy, platform=platform, state_dir=state_dir,
-         output=output)
+         output=output, haproxy_socket=haproxy_socket, haproxy_backend=haproxy_backend)
 
 
 def rollback(name: Name, policy: PolicyOpt = None, platform: PlatformOpt = None,
+             haproxy_socket: SocketOpt = None, haproxy_backend: BackendOpt = "sd",
              state_dir: StateDir = DEFAULT_STATE, output: Output = OutputFormat.text) -> None:
-    """Roll back to blue now (phase RolledBack), e.g. from Paused."""
+    """Roll back to blue now (phase RolledBack), e.g. from Paused; needs no policy."""
     _act(name, "rollback", policy_file=policy, platform=platform, state_dir=state_dir,
-         output=output)
+         output=output, haproxy_socket=haproxy_socket, haproxy_backend=haproxy_backend)
 
 
 def resume(name: Name, policy: PolicyOpt = None, platform: PlatformOpt = None,
@@ -325,15 +477,43 @@ def status_command(name: Name, watch: Annotated[bool, typer.Option(
     """Show a rollout's phase, weights and gate verdicts."""
     from rollout.store import StateStore
 
-    store = StateStore(state_dir)
+    with _errors(output):
+        store = StateStore(state_dir)
+    router: TrafficRouter | None = None
     while True:
-        st = store.load(name)
+        with _errors(output):
+            st = store.load(name)
         if st is None:
             bad_input(f"no rollout {name!r} in {state_dir}", output=output)
-        _report(st, store, output)
+        router = router or _status_router(st)
+        _report(st, store, output, _live(router, st))
         if not watch or st.terminal or st.phase.value == "Paused":
             raise _exit(st)
         time.sleep(1)
+
+
+def _status_router(status: RolloutStatus) -> TrafficRouter | None:
+    from rollout.errors import RolloutError
+
+    try:
+        return _plan_router(status)
+    except RolloutError:
+        return None
+
+
+def _live(router: TrafficRouter | None, status: RolloutStatus) -> dict[str, Any]:
+    """The split the router applies now, beside the recorded one (they differ after a crash)."""
+    from rollout.errors import RolloutError
+
+    recorded = status.weights.model_dump() if status.weights else None
+    if router is None:
+        return {"weights_live": None, "weights_live_error": "router not readable from here"}
+    try:
+        w = router.get_weights()
+    except RolloutError as e:
+        return {"weights_live": None, "weights_live_error": f"{type(e).__name__}: {e}"}
+    live = w.model_dump() if w else None
+    return {"weights_live": live, "weights_differ": live is not None and live != recorded}
 
 
 def history(name: Name, state_dir: StateDir = DEFAULT_STATE,
@@ -341,7 +521,10 @@ def history(name: Name, state_dir: StateDir = DEFAULT_STATE,
     """Every recorded transition with its reason (evidence with --output json)."""
     from rollout.store import StateStore
 
-    rows = StateStore(state_dir).history(name)
+    with _errors(output):
+        store = StateStore(state_dir)
+        store.load(name)  # a store that lost this rollout is an error, not an empty history
+        rows = store.history(name)
     if not rows:
         bad_input(f"no history for {name!r} in {state_dir}", output=output)
     if output is OutputFormat.json:

@@ -1,4 +1,8 @@
-"""Run Prometheus on loopback scraping the blue and green servers, labelled by colour."""
+"""Run Prometheus on loopback scraping the blue and green servers, labelled by colour.
+
+Its readiness polls are bounded reads (:mod:`gates.bounded`): one deadline per exchange and a
+cap on the body.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,24 @@ from pathlib import Path
 
 import httpx
 
+from gates.bounded import PROMETHEUS_MAX_BYTES, BoundedReadError, BoundedResponse, read_bounded
 from rollout.local.processes import ManagedProcess, require_binary, start_process, wait_until
 
 __all__ = ["prometheus_config", "start_prometheus"]
+
+_POLL_S = 1.0  # deadline of one readiness poll
+
+
+def _get(url: str, params: dict[str, str] | None = None) -> BoundedResponse:
+    """``GET url`` within one poll's deadline and Prometheus' body cap.
+
+    Raises:
+        httpx.HTTPError: no answer.
+        gates.bounded.BoundedReadError: a bound was broken.
+    """
+    with httpx.Client() as client:
+        return read_bounded(client, client.build_request("GET", url, params=params),
+                            deadline_s=_POLL_S, max_bytes=PROMETHEUS_MAX_BYTES)
 
 
 def prometheus_config(targets: dict[str, str], *, interval: str = "1s") -> str:
@@ -47,8 +66,8 @@ def start_prometheus(root: Path, *, port: int, targets: dict[str, str],
 
     def ready() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
+            return _get(f"http://127.0.0.1:{port}/-/ready").status_code == 200
+        except (httpx.HTTPError, BoundedReadError):
             return False
 
     wait_until(ready, timeout=30, what="prometheus", proc=proc.proc, log=proc.log)
@@ -57,9 +76,9 @@ def start_prometheus(root: Path, *, port: int, targets: dict[str, str],
         # New targets are picked up after Prometheus' ~5 s discovery throttle; a gate that
         # queried before would see no series at all (nodata).
         try:
-            r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", timeout=1,
-                          params={"query": "count(up)"}).json()["data"]["result"]
-        except (httpx.HTTPError, KeyError, ValueError):
+            r = _get(f"http://127.0.0.1:{port}/api/v1/query",
+                     {"query": "count(up)"}).json()["data"]["result"]
+        except (httpx.HTTPError, BoundedReadError, KeyError, ValueError, TypeError):
             return False
         return bool(r) and int(float(r[0]["value"][1])) >= len(targets)
 

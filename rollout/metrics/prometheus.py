@@ -8,7 +8,9 @@ shows (errors, a collapse under load) with a tolerance that absorbs bucket inter
 
 Failure handling is explicit: an empty vector or NaN is ``nodata``; a target whose last scrape
 is older than ``stale_after_seconds`` or that is down is ``nodata`` (flagger #1011: traffic
-stopping mid-analysis went unnoticed); an unreachable Prometheus is ``error``. None is a pass.
+stopping mid-analysis went unnoticed); an unreachable Prometheus, one that does not answer a
+query completely within its deadline, or answers more than the size cap or something that is
+not a query result, is ``error``. None is a pass.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from gates.bounded import EXCHANGE_SECONDS, PROMETHEUS_MAX_BYTES, BoundedReadError, read_bounded
 from gates.latency import LatencyGateSpec
 from gates.verdict import Verdict
 from rollout.errors import BadInputError, UnavailableError
@@ -29,33 +32,56 @@ __all__ = ["PrometheusClient", "PrometheusProvider"]
 
 
 class PrometheusClient:
-    """Instant queries against Prometheus' HTTP API."""
+    """Instant queries against Prometheus' HTTP API.
 
-    def __init__(self, url: str, *, timeout: float = 5.0,
+    Args:
+        url: Prometheus' base URL.
+        timeout: deadline of one whole query exchange (connect, headers, body), seconds.
+        max_bytes: cap on one answer's body (:mod:`gates.bounded`).
+        transport: an httpx transport (tests).
+    """
+
+    def __init__(self, url: str, *, timeout: float = EXCHANGE_SECONDS,
+                 max_bytes: int = PROMETHEUS_MAX_BYTES,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.max_bytes = max_bytes
         self._client = httpx.Client(timeout=timeout, transport=transport)
 
     def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
         """(labels, value) per series of an instant vector (or one scalar as a vector).
 
         Raises:
-            UnavailableError: Prometheus did not answer or answered 5xx.
+            UnavailableError: Prometheus did not answer completely within the deadline or
+                within the size cap, answered 5xx, or answered something that is not a query
+                result.
             BadInputError: Prometheus rejected the query (4xx / status error).
         """
+        request = self._client.build_request("GET", f"{self.url}/api/v1/query",
+                                             params={"query": promql})
         try:
-            r = self._client.get(f"{self.url}/api/v1/query", params={"query": promql})
+            r = read_bounded(self._client, request, deadline_s=self.timeout,
+                             max_bytes=self.max_bytes)
+        except BoundedReadError as e:
+            raise UnavailableError(f"Prometheus at {self.url}: {e}") from e
         except httpx.HTTPError as e:
             raise UnavailableError(f"Prometheus at {self.url}: {e}") from e
         if r.status_code >= 500:
             raise UnavailableError(f"Prometheus at {self.url}: HTTP {r.status_code}")
-        body: dict[str, Any] = r.json()
-        if body.get("status") != "success":
-            raise BadInputError(f"Prometheus rejected {promql!r}: {body.get('error')}")
-        data = body["data"]
-        if data["resultType"] == "scalar":
-            return [({}, float(data["result"][1]))]
-        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+        try:
+            body = r.json()
+            if not isinstance(body, dict):
+                raise TypeError(f"a JSON {type(body).__name__}, not an object")
+            if body.get("status") != "success":
+                raise BadInputError(f"Prometheus rejected {promql!r}: {body.get('error')}")
+            data = body["data"]
+            if data["resultType"] == "scalar":
+                return [({}, float(data["result"][1]))]
+            return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise UnavailableError(f"Prometheus at {self.url}: HTTP {r.status_code}, not a "
+                                   f"query result: {type(e).__name__}: {e}") from e
 
     def value(self, promql: str) -> float:
         """The single value of ``promql``; NaN when the vector is empty."""

@@ -2,7 +2,9 @@
 
 Targets are URLs of running servers or processes this platform starts from the policy. The
 status lives in SQLite under the state directory (:class:`rollout.store.StateStore`) and the
-router comes from the policy's registry (``haproxy`` or ``none``).
+router comes from the policy's registry (``haproxy`` or ``none``). Health and readiness probes
+are bounded reads (:mod:`gates.bounded`): one deadline per exchange, a cap on the body, so a
+server that trickles its answer cannot hold the controller.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from gates.bounded import BoundedReadError, read_bounded
 from rollout.errors import BadInputError
 from rollout.local.processes import ManagedProcess, start_process, wait_until
 from rollout.machine import Phase, RolloutStatus
@@ -21,6 +24,10 @@ from rollout.routers.base import TrafficRouter
 from rollout.store import StateStore
 
 __all__ = ["LocalPlatform", "build_local"]
+
+#: Per-probe deadlines (shortened further by ``spec.limits.exchangeSeconds``): the health check
+#: before a rollout, and each poll of ``/readyz`` while waiting for a colour.
+_HEALTH_S, _READY_POLL_S = 5.0, 2.0
 
 
 class LocalPlatform:
@@ -36,6 +43,21 @@ class LocalPlatform:
             self.targets[color] = t
         self.log_dir = log_dir
         self.processes: dict[str, ManagedProcess] = {}
+        self.limits = policy.spec.limits
+
+    def _probe(self, url: str, deadline_s: float) -> int:
+        """The status of ``GET url``, read within ``deadline_s`` (and the policy's exchange
+        deadline) and the policy's cap on probe bodies.
+
+        Raises:
+            httpx.HTTPError: no answer.
+            gates.bounded.BoundedReadError: a bound was broken.
+        """
+        with httpx.Client() as client:
+            return read_bounded(
+                client, client.build_request("GET", url),
+                deadline_s=min(deadline_s, self.limits.exchange_seconds),
+                max_bytes=self.limits.capabilities_max_bytes).status_code
 
     def check(self) -> None:
         """URL targets answer ``/healthz``; process targets' programs exist."""
@@ -45,10 +67,13 @@ class LocalPlatform:
                     raise BadInputError(f"targets.{color}.command: {t.command[0]!r} not found")
                 continue
             try:
-                httpx.get(f"{t.url}/healthz", timeout=5).raise_for_status()
-            except httpx.HTTPError as e:
+                status = self._probe(f"{t.url}/healthz", _HEALTH_S)
+            except (httpx.HTTPError, BoundedReadError) as e:
                 raise BadInputError(f"targets.{color}.url {t.url} is unreachable ({e}); start "
                                     "the server or fix the URL") from e
+            if not 200 <= status < 300:
+                raise BadInputError(f"targets.{color}.url {t.url}/healthz answers HTTP "
+                                    f"{status}; start the server or fix the URL")
 
     def endpoints(self, color: str) -> list[str]:
         """The one URL of ``color``."""
@@ -65,8 +90,8 @@ class LocalPlatform:
 
         def ready() -> bool:
             try:
-                return httpx.get(f"{t.url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
+                return self._probe(f"{t.url}/readyz", _READY_POLL_S) == 200
+            except (httpx.HTTPError, BoundedReadError):
                 return False
 
         wait_until(ready, timeout=timeout, what=f"{color} at {t.url}",

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from gates import bounded
 from gates.canary.output_check import OutputCheckSpec
 from gates.capability.requirements import CapabilityRequirements
 from gates.error_rate import ErrorRateGateSpec
@@ -30,6 +31,7 @@ __all__ = [
     "GatewayApiRouterSpec",
     "HaproxyRouterSpec",
     "KubernetesTarget",
+    "LimitsSpec",
     "Metadata",
     "MetricsSpec",
     "NoneRouterSpec",
@@ -51,8 +53,10 @@ API_VERSION = "rollout-gates.dev/v1alpha1"
 
 
 class _Model(BaseModel):
+    # allow_inf_nan=False: no float field of the policy accepts inf or NaN ("inf" seconds is
+    # no deadline, and NaN compares false with every bound).
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
-                              frozen=True)
+                              frozen=True, allow_inf_nan=False)
 
 
 class Metadata(_Model):
@@ -183,6 +187,28 @@ class AdmissionSpec(_Model):
         "blue's. Turn off for a rollout that changes the path on purpose."))
 
 
+class LimitsSpec(_Model):
+    """Bounds of every read of another service's answer (:mod:`gates.bounded`).
+
+    Why: httpx's timeouts are per socket read, so a server trickling a byte every few seconds
+    never times out, and an endless body is buffered whole. Each exchange gets one deadline
+    (connect + headers + whole body) and each body a cap; a broken bound is an ``error``
+    verdict with the reason (a canary request: ``bad_payload``), never a hang.
+    """
+
+    exchange_seconds: float = Field(bounded.EXCHANGE_SECONDS, gt=0, description=(
+        "Deadline of one whole HTTP exchange (connect, headers and body) for admission reads "
+        "(/readyz, /capabilities), readiness and health probes, and Prometheus queries. The "
+        "canary's own per-request deadline is canary.timeoutSeconds."))
+    capabilities_max_bytes: int = Field(bounded.CAPABILITIES_MAX_BYTES, ge=1024, description=(
+        "Cap on a /capabilities (and /readyz, /healthz) body, in bytes."))
+    canary_max_bytes: int = Field(bounded.CANARY_MAX_BYTES, ge=1024, description=(
+        "Cap on one canary answer, in bytes (a batch of 1024 px PNGs is a few MB); a larger "
+        "answer is a bad_payload error. Up to this much per request in flight is held."))
+    prometheus_max_bytes: int = Field(bounded.PROMETHEUS_MAX_BYTES, ge=1024, description=(
+        "Cap on one Prometheus query answer, in bytes."))
+
+
 class RollbackSpec(_Model):
     """What happens when the evidence is not enough or a gate fails."""
 
@@ -209,6 +235,7 @@ class RolloutSpec(_Model):
     canary: CanarySpec = Field(default_factory=CanarySpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     admission: AdmissionSpec = Field(default_factory=AdmissionSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
     gates: list[GateSpec] = Field(min_length=1)
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)

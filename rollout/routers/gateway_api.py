@@ -6,6 +6,16 @@ rule list, which a merge patch can only replace whole; the patch therefore carri
 ``resourceVersion`` as a precondition, and a concurrent edit (a GitOps sync, a person) turns into
 a 409 that is answered by re-reading and re-applying only the weights, never by overwriting the
 other party's change.
+
+Make-before-break comes from atomicity rather than ordering: both backendRefs' weights change
+in ONE patch (the whole rule list in one request), so the API server stores the old split or
+the new one and no reader (the Gateway's controller, a watch, ``get_weights``) ever sees a
+half-applied switch. Two patches, one per ref, would pass through 0/0 when lowering first (the
+Gateway has no backend left for the rule and answers errors), or stay there if the controller
+died between them. The data plane's convergence is the Gateway implementation's: Envoy-based
+ones swap the route's cluster weights in one update, and the old slot keeps its pods until the
+rollout is terminal and ``rollback.scaleDownDelaySeconds`` has passed. A 0/0 target is refused
+before any request, since it would drop all traffic.
 """
 
 from __future__ import annotations
@@ -48,7 +58,16 @@ class GatewayApiRouter:
         self._slot_weights(self._route())
 
     def set_weights(self, weights: Weights) -> None:
-        """Write the split as the two backendRefs' weights (re-read on a concurrent edit)."""
+        """Write the split as the two backendRefs' weights, both in one patch.
+
+        Re-read and re-applied on a concurrent edit (409).
+
+        Raises:
+            BadInputError: the split is 0/0 (nothing would serve); nothing was sent.
+            RouterError: the route kept changing under us.
+        """
+        if weights.blue == 0 and weights.green == 0:
+            raise BadInputError("weights 0/0 would leave no slot serving; refused")
         wanted = {self.roles.slot("blue"): weights.blue, self.roles.slot("green"): weights.green}
         for _ in range(_CONFLICT_RETRIES):
             route = self._route()
@@ -58,7 +77,7 @@ class GatewayApiRouter:
                 return
             for slot, w in wanted.items():
                 refs[slot]["weight"] = w
-            try:
+            try:  # one request for both refs: the route never holds a half-applied split
                 self.client.patch(HTTP_ROUTES, self.namespace, self.spec.http_route, {
                     "metadata": {"resourceVersion": route["metadata"]["resourceVersion"]},
                     "spec": {"rules": rules}})

@@ -4,6 +4,19 @@
 are relative, so blue=90/green=10 is a 90/10 split); ``get weight`` reads it back. The socket
 speaks one command per connection in non-interactive mode, which keeps this module a few lines
 of the standard library instead of a client dependency.
+
+Make-before-break. The runtime API changes one server per command, so a switch is two commands
+and the state between them is served to users. Lowering first passes through 0/0, where HAProxy
+answers "503 No server is available" to every request that arrives in between (16 clients
+during 300 switches 100/0 <-> 0/100: hundreds of 503s), and a controller killed there leaves a
+full outage until someone repairs it. ``set_weights`` therefore reads the current weights,
+sends the command for the colour whose weight goes up first and the lowering one second: the
+intermediate state is e.g. 100/100 (both serve, and since weights are relative that is merely a
+50/50 split), never 0/0. A kill between the commands (crash point ``router:between``) leaves
+both colours serving; the next controller re-applies the step and reaches the exact split.
+Ordering by "largest increase first" is enough for any two-server change: if a colour rises,
+the intermediate state keeps it above zero; if neither rises, the intermediate state can only
+be 0/0 when the target is, and a 0/0 target is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ import re
 import socket
 from pathlib import Path
 
+from rollout.crashpoints import crash_here
 from rollout.errors import BadInputError, RouterError, UnavailableError
 from rollout.machine import Weights
 
@@ -60,13 +74,24 @@ class HaproxyRouter:
             self._get(color)
 
     def set_weights(self, weights: Weights) -> None:
-        """Apply the split; an answer other than empty means HAProxy refused it."""
-        for color, value in (("blue", weights.blue), ("green", weights.green)):
-            answer = haproxy_command(
-                self.socket_path, f"set server {self._name(color)} weight {value}")
-            if answer:
-                raise RouterError(f"HAProxy refused weight {value} for {self._name(color)}: "
-                                  f"{answer}")
+        """Apply the split, raising the receiving colour before lowering the other.
+
+        Both commands are always sent (re-applying a step repairs a half-applied one); an
+        answer other than empty means HAProxy refused a command.
+
+        Raises:
+            BadInputError: the split is 0/0 (nothing would serve); nothing was sent.
+            RouterError: HAProxy refused a command.
+        """
+        if weights.blue == 0 and weights.green == 0:
+            raise BadInputError("weights 0/0 would leave no colour serving; refused")
+        wanted = {"blue": weights.blue, "green": weights.green}
+        # Raw reads, not get_weights(): a weight set by hand above 100 must not block a fix.
+        rise = {color: value - self._get(color) for color, value in wanted.items()}
+        first, second = sorted(wanted, key=rise.__getitem__, reverse=True)  # ties: blue first
+        self._set(first, wanted[first])
+        crash_here("router:between")
+        self._set(second, wanted[second])
 
     def get_weights(self) -> Weights:
         """The weights HAProxy applies now."""
@@ -74,6 +99,13 @@ class HaproxyRouter:
 
     def _name(self, color: str) -> str:
         return f"{self.backend}/{self.servers[color]}"
+
+    def _set(self, color: str, value: int) -> None:
+        answer = haproxy_command(self.socket_path,
+                                 f"set server {self._name(color)} weight {value}")
+        if answer:
+            raise RouterError(f"HAProxy refused weight {value} for {self._name(color)}: "
+                              f"{answer}")
 
     def _get(self, color: str) -> int:
         answer = haproxy_command(self.socket_path, f"get weight {self._name(color)}")

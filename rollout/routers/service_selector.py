@@ -6,6 +6,17 @@ bad input rather than rounded: a rollout must never believe a split it did not g
 patch touches only the colour label of the selector (a merge patch of that one map key), so
 other selector labels a team keeps there are left alone; ``get_weights`` reads the selector
 back from the API server.
+
+Make-before-break, and why no ordering is needed here: the switch is ONE merge patch that
+replaces the value of one selector key (``color: blue`` -> ``color: green``), never "remove the
+old label, then add the new one". The API server stores the old selector or the new one, so the
+Service always selects exactly one slot; there is no intermediate selector that matches no pod
+(or both), and a controller killed before or after the patch leaves a Service that serves. The
+endpoints follow the selector in one EndpointSlice reconciliation, and kube-proxy replaces a
+Service's rules per node in one sync. The "make" half is the controller's: traffic moves to a
+slot only after ``wait_ready`` saw its Deployment rolled out, and the slot losing traffic keeps
+its pods (connections in flight finish, nodes whose kube-proxy is late still reach ready pods)
+until the rollout is terminal and ``rollback.scaleDownDelaySeconds`` has passed.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ class ServiceSelectorRouter:
         self.serving_slot()
 
     def set_weights(self, weights: Weights) -> None:
-        """Point the active Service at the slot that gets 100 %."""
+        """Point the active Service at the slot that gets 100 % (one atomic patch)."""
         if weights.green not in (0, 100) or weights.blue + weights.green != 100:
             raise BadInputError(
                 f"the service-selector router moves all traffic at once; it cannot apply "

@@ -8,8 +8,11 @@ uninterrupted path (nothing lost, nothing replayed with another outcome).
 
 from __future__ import annotations
 
+import json
 import signal
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,108 @@ def test_bad_inputs_exit_2_and_leave_the_router_alone(stack: Stack, tmp_path: Pa
     res = stack.rollout("promote", str(nosock))
     assert res.returncode == 2 and "does not exist" in res.stderr
     assert stack.weights() == Weights(blue=90, green=10)
+
+
+HAPPY_VERIFIED = [*HAPPY[:-1], "Verifying", "Promoted"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_killed_verification_resumes_to_promoted(stack: Stack, when: str) -> None:
+    policy = stack.policy("crash-verify", PASSING, promotion={"verifySeconds": 1})
+    doc = _crash_then_resume(stack, policy, "crash-verify", f"Verifying:2:{when}")
+    assert (doc["exit"], doc["phase"]) == (0, "Promoted"), doc["reason"]
+    assert stack.weights() == Weights(blue=0, green=100)
+    assert _run_path(stack, "crash-verify") == HAPPY_VERIFIED
+
+
+@pytest.mark.slow
+def test_killed_between_the_two_router_commands_never_leaves_nobody_serving(
+        stack: Stack) -> None:
+    policy = stack.policy("crash-router", PASSING, steps=[{"weight": 50}, {"weight": 100}])
+    stack.router.set_weights(Weights(blue=100, green=0))
+    crashed = stack.rollout("promote", str(policy), env={"ROLLOUT_CRASH_AT": "router:between"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    half = stack.weights()
+    assert half.blue > 0 and half.green > 0, half  # both serve: the raise went first
+    doc = last_json(stack.rollout("resume", "crash-router", "--output", "json").stdout)
+    assert doc["phase"] == "Promoted", doc["reason"]
+    assert stack.weights() == Weights(blue=0, green=100)
+
+
+@pytest.mark.slow
+def test_killed_rollback_retry_resumes_to_rolled_back(stack: Stack) -> None:
+    policy = stack.policy("crash-retry", FAILING)
+    stack.router.set_weights(Weights(blue=100, green=0))
+    first = stack.rollout("promote", str(policy), env={"ROLLOUT_CRASH_AT": "RollingBack:0:after"})
+    assert first.returncode == -signal.SIGKILL
+    again = stack.rollout("resume", "crash-retry",
+                                     env={"ROLLOUT_CRASH_AT": "RollingBack:0:after"})
+    assert again.returncode == -signal.SIGKILL  # the retried rollback was killed too
+    doc = last_json(stack.rollout("resume", "crash-retry", "--output", "json").stdout)
+    assert doc["phase"] == "RolledBack", doc["reason"]
+    assert stack.weights() == Weights(blue=100, green=0)
+    assert _run_path(stack, "crash-retry") == BACK
+
+
+@pytest.mark.slow
+def test_killed_after_resume_from_pause_can_still_be_aborted(stack: Stack) -> None:
+    # A budget of 4 slices cannot decide a P95 ratio between identical servers: inconclusive.
+    policy = stack.policy("crash-pause", [{"type": "latency", "name": "p95", "maxRatio": 1.5}],
+                          rollback={"onInconclusive": "pause"}, steps=[{"weight": 50}])
+    policy.write_text(policy.read_text().replace("maxRequests: 80", "maxRequests: 4"))
+    stack.router.set_weights(Weights(blue=100, green=0))
+    paused = stack.rollout("promote", str(policy), "--output", "json")
+    assert paused.returncode == 3, paused.stderr[-2000:]
+    assert stack.weights() == Weights(blue=50, green=50)
+    killed = stack.rollout("resume", "crash-pause", env={"ROLLOUT_CRASH_AT": "Analyzing:0:before"})
+    assert killed.returncode == -signal.SIGKILL
+    persisted = StateStore(stack.root / "state").load("crash-pause")
+    assert persisted is not None and persisted.phase.value == "Analyzing"
+    doc = last_json(stack.rollout("abort", "crash-pause", "--output", "json").stdout)
+    assert doc["phase"] == "Aborted"
+    assert stack.weights() == Weights(blue=100, green=0)
+
+
+class Receiver:
+    """A webhook receiver recording each request's Idempotency-Key and body."""
+
+    def __init__(self) -> None:
+        got: list[tuple[str | None, dict[str, object]]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                got.append((self.headers.get("Idempotency-Key"), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.got = got
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.slow
+def test_a_notification_lost_to_a_kill_is_delivered_on_resume(stack: Stack) -> None:
+    hook = Receiver()
+    try:
+        policy = stack.policy("crash-notify", PASSING, steps=[{"weight": 100}],
+                              notify={"webhooks": [{"name": "ops", "url": hook.url}]})
+        stack.router.set_weights(Weights(blue=100, green=0))
+        killed = stack.rollout("promote", str(policy),
+                               env={"ROLLOUT_CRASH_AT": "notify:before:Promoted"})
+        assert killed.returncode == -signal.SIGKILL
+        assert hook.got == []  # saved as Promoted, never announced
+        status = StateStore(stack.root / "state").load("crash-notify")
+        assert status is not None and status.phase.value == "Promoted"
+        res = stack.rollout("resume", "crash-notify")
+        assert res.returncode == 0, res.stderr[-2000:]
+    finally:
+        hook.server.shutdown()
+    assert [(k, b["event"]) for k, b in hook.got] == [
+        (f"crash-notify/{status.generation}", "promoted")]
+    assert hook.got[0][1]["id"] == f"crash-notify/{status.generation}"
