@@ -25,9 +25,15 @@ class Router:
         return self.weights
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default listen backlog of 5 drops SYNs under 16 clients
+
+
 def serve_text(render: Callable[[], str],
                content_type: str = "text/plain; version=0.0.4") -> ThreadingHTTPServer:
-    """A loopback HTTP server answering every GET with ``render()`` (a /metrics endpoint).
+    """A loopback HTTP server answering every GET with ``render()`` (a /metrics endpoint, or
+    a backend that says which colour it is).
 
     Call ``shutdown()`` when done; ``server_port`` says where it listens.
     """
@@ -44,6 +50,6 @@ def serve_text(render: Callable[[], str],
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -12,11 +12,12 @@ import socketserver
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+from fakes import serve_text
 
 from rollout.errors import BadInputError, UnavailableError
 from rollout.local.haproxy import start_haproxy
@@ -26,20 +27,7 @@ from rollout.routers.haproxy import HaproxyRouter, haproxy_command
 
 
 def _color_server(color: str) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = color.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
+    return serve_text(lambda: color, "text/plain")
 
 
 @pytest.fixture

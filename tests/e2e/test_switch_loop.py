@@ -25,10 +25,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fakes import serve_text
 
 from rollout.crashpoints import CRASH_ENV
 from rollout.local.haproxy import start_haproxy
@@ -42,26 +43,8 @@ SWITCHES = 300
 PAUSE = 0.01  # between switches: lets every client land requests on each side of each switch
 
 
-class _Backend(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default listen backlog of 5 drops SYNs under 16 clients
-
-
-def _color_server(color: str) -> _Backend:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = color.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = _Backend(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
+def _color_server(color: str) -> ThreadingHTTPServer:
+    return serve_text(lambda: color, "text/plain")
 
 
 def _ensure_haproxy() -> None:
