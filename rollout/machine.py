@@ -18,6 +18,8 @@ Phases::
             -> Verifying -> Promoted
     any non-terminal phase --breach/abort--> RollingBack -> RolledBack | Aborted
     Admitting/Analyzing --inconclusive (policy: pause)--> Paused --resume--> same analysis
+    Analyzing(last) --promotion.auto false--> Paused (AwaitingPromotion) --promote --confirm-->
+            Promoting
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gates.verdict import Verdict
 
 __all__ = [
+    "AWAITING_PROMOTION",
     "TERMINAL",
     "TRANSITIONS",
     "Action",
@@ -74,7 +77,7 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
     Phase.ANALYZING: frozenset({Phase.SHIFTING, Phase.PROMOTING, Phase.PAUSED,
                                 Phase.ROLLING_BACK}),
     Phase.PAUSED: frozenset({Phase.PAUSED, Phase.ADMITTING, Phase.ANALYZING,
-                             Phase.ROLLING_BACK}),
+                             Phase.PROMOTING, Phase.ROLLING_BACK}),
     Phase.PROMOTING: frozenset({Phase.VERIFYING, Phase.PROMOTED, Phase.ROLLING_BACK}),
     Phase.VERIFYING: frozenset({Phase.PROMOTED, Phase.ROLLING_BACK}),
     Phase.ROLLING_BACK: frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.ABORTED}),
@@ -82,6 +85,10 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
     Phase.ROLLED_BACK: frozenset(),
     Phase.ABORTED: frozenset(),
 }
+
+
+#: The reason prefix of the manual promotion gate's pause (what ``rollout status`` shows).
+AWAITING_PROMOTION = "AwaitingPromotion"
 
 
 class IllegalTransitionError(RuntimeError):
@@ -106,6 +113,9 @@ class Plan(_Frozen):
     weights: tuple[int, ...] = Field(min_length=1)
     on_inconclusive: Literal["pause", "rollback"] = "rollback"
     verify: bool = False
+    #: ``promotion.auto``: False stops in Paused (``AwaitingPromotion``) once every step passed,
+    #: until ``rollout promote NAME --confirm`` (Argo Rollouts' ``autoPromotionEnabled``).
+    auto_promote: bool = True
     max_rollback_attempts: int = 5
     #: The policy's ``router`` block as written, so ``abort``/``rollback`` can return traffic
     #: to blue from the store alone when the saved policy copy is unreadable.
@@ -124,6 +134,7 @@ class RolloutStatus(_Frozen):
     abort_requested: bool = False
     rollback_requested: bool = False
     resume_requested: bool = False
+    promote_requested: bool = False
     rollback_attempts: int = 0
     reason: str = ""
     verdicts: dict[str, str] = Field(default_factory=dict)
@@ -274,6 +285,11 @@ def _next(s: RolloutStatus, obs: Observation) -> tuple[RolloutStatus, str]:
             if s.plan.verify:
                 return _go(s, Phase.VERIFYING, "all traffic on green; verifying")
             return _go(s, Phase.PROMOTED, "all traffic on green")
+        case Phase.PAUSED if s.paused_from is Phase.PROMOTING:
+            if s.promote_requested:
+                return _go(s, Phase.PROMOTING, "promotion confirmed by user",
+                           promote_requested=False, resume_requested=False, paused_from=None)
+            return _go(s, Phase.PAUSED, s.reason, resume_requested=False)
         case Phase.PAUSED:
             if s.resume_requested and s.paused_from is not None:
                 return _go(s, s.paused_from, "resumed by user", resume_requested=False,
@@ -307,6 +323,10 @@ def _after_analysis(s: RolloutStatus, obs: Observation) -> tuple[RolloutStatus, 
             return _go(s, Phase.PROMOTED, f"verified on full traffic; {why}")
         if s.step + 1 < len(s.plan.weights):
             return _go(s, Phase.SHIFTING, f"{what} passed", step=s.step + 1)
+        if not s.plan.auto_promote:
+            return _go(s, Phase.PAUSED, f"{AWAITING_PROMOTION}: {what} passed; "
+                       f"'rollout promote {s.name} --confirm' switches all traffic to green",
+                       paused_from=Phase.PROMOTING, promote_requested=False)
         return _go(s, Phase.PROMOTING, f"{what} passed; promoting")
     if verdict is Verdict.FAIL or s.phase is Phase.VERIFYING:
         # After the switch there is no one to wait for: anything but a pass goes back to blue.

@@ -36,11 +36,12 @@ from typing import Any, Literal
 from rollout.errors import LockedError, StateConflictError, StoreCorruptError
 from rollout.machine import RolloutStatus
 
-__all__ = ["Intent", "StateStore", "TransitionRecord"]
+__all__ = ["INTENT_FLAGS", "Intent", "StateStore", "TransitionRecord"]
 
-Intent = Literal["abort", "rollback", "resume"]
-_INTENT_FLAG: dict[str, str] = {"abort": "abort_requested", "rollback": "rollback_requested",
-                                "resume": "resume_requested"}
+Intent = Literal["abort", "rollback", "resume", "promote"]
+#: The status flag each intent sets when the controller folds it in (every store uses it).
+INTENT_FLAGS: dict[str, str] = {"abort": "abort_requested", "rollback": "rollback_requested",
+                                "resume": "resume_requested", "promote": "promote_requested"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -195,7 +196,7 @@ class StateStore:
                               (status.name,)).fetchall()
         if not rows:
             return status, []
-        flags = {_INTENT_FLAG[k]: True for _, k in rows}
+        flags = {INTENT_FLAGS[k]: True for _, k in rows}
         return status.model_copy(update=flags), [i for i, _ in rows]
 
     @contextmanager

@@ -139,3 +139,22 @@ def test_every_decision_respects_the_transition_table() -> None:
                    resume_requested=flags[2], paused_from=Phase.ANALYZING)
         nxt = decide(s, obs).status
         assert nxt.phase is phase or nxt.phase in TRANSITIONS[phase]
+
+
+def test_manual_promotion_waits_for_a_confirmation_not_a_resume() -> None:
+    """promotion.auto: false was documented and never read: green was promoted anyway."""
+    from rollout.machine import AWAITING_PROMOTION
+
+    s = RolloutStatus(name="m", plan=Plan(weights=(0, 50), auto_promote=False),
+                      phase=Phase.ANALYZING, step=1, promote_requested=True)
+    ok = Observation(gates={"p95": GateResult(Verdict.PASS)})
+    waiting = decide(s, ok).status
+    assert waiting.phase is Phase.PAUSED and waiting.reason.startswith(AWAITING_PROMOTION)
+    assert not waiting.promote_requested  # an early confirmation does not count
+    resumed = decide(waiting.model_copy(update={"resume_requested": True}), Observation())
+    assert resumed.status.phase is Phase.PAUSED  # resume is not a promotion
+    confirmed = decide(waiting.model_copy(update={"promote_requested": True}), Observation())
+    assert confirmed.status.phase is Phase.PROMOTING
+    assert action_for(confirmed.status).weights == Weights(blue=0, green=100)
+    aborted = decide(waiting.model_copy(update={"abort_requested": True}), Observation())
+    assert aborted.status.phase is Phase.ROLLING_BACK

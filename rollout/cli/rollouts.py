@@ -195,13 +195,27 @@ def promote(
     kubeconfig: Annotated[str | None, typer.Option(help="kubeconfig (kubernetes).")] = None,
     context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for green.")] = 300.0,
+    confirm: Annotated[bool, typer.Option("--confirm", help=(
+        "Confirm the promotion of rollout NAME (given instead of POLICY) that waits in "
+        "Paused/AwaitingPromotion because its policy says promotion.auto: false."))] = False,
     state_dir: StateDir = DEFAULT_STATE,
     output: Output = OutputFormat.text,
 ) -> None:
-    """Roll green out step by step; promote only what the gates prove, else roll back."""
+    """Roll green out step by step; promote only what the gates prove, else roll back.
+
+    ``rollout promote NAME --confirm`` is the manual promotion gate of a policy with
+    ``promotion.auto: false``.
+    """
     from rollout.machine import Plan, RolloutStatus
     from rollout.policy.loader import load_policy
 
+    if confirm:
+        if policy_arg is None:
+            bad_input("--confirm takes the rollout's name: 'rollout promote NAME --confirm'",
+                      output=output)
+        _act(str(policy_arg), "promote", policy_file=policy_opt, platform=platform,
+             state_dir=state_dir, output=output)
+        return
     if (policy_arg is None) == (policy_opt is None):
         bad_input("give the policy once: 'rollout promote POLICY' or "
                   "'rollout promote --policy POLICY'", output=output)
@@ -232,7 +246,7 @@ def promote(
             status = RolloutStatus(name=name, plan=Plan(
                 weights=tuple(st.weight for st in spec.steps),
                 on_inconclusive=spec.rollback.on_inconclusive,
-                verify=spec.promotion.verify_seconds > 0,
+                verify=spec.promotion.verify_seconds > 0, auto_promote=spec.promotion.auto,
                 router=spec.router.model_dump(mode="json", by_alias=True)))
             if existing is not None:
                 status = status.model_copy(update={"generation": existing.generation + 1})

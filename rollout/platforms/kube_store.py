@@ -53,15 +53,13 @@ from rollout.errors import (
 )
 from rollout.machine import RolloutStatus
 from rollout.platforms.kube import CONFIG_MAPS, LEASES, Json, KubeClient
-from rollout.store import Intent, TransitionRecord
+from rollout.store import INTENT_FLAGS, Intent, TransitionRecord
 
 __all__ = ["MAX_BYTES", "ConfigMapStatusStore", "object_name"]
 
 STATUS_KEY = "status"
 _TRANSITION = "t-"
 _INTENT = "i-"
-_INTENT_FLAG: dict[str, str] = {"abort": "abort_requested", "rollback": "rollback_requested",
-                                "resume": "resume_requested"}
 #: Bytes of ``data`` we allow ourselves (the API server refuses objects over 1 MiB).
 MAX_BYTES = 900_000
 _CONFLICT_RETRIES = 8
@@ -205,7 +203,7 @@ class ConfigMapStatusStore:
         intents = [(i, json.loads(data[k])["kind"]) for i, k in _indexed(data, _INTENT)]
         if not intents:
             return status, []
-        flags = {_INTENT_FLAG[kind]: True for _, kind in intents}
+        flags = {INTENT_FLAGS[kind]: True for _, kind in intents}
         return status.model_copy(update=flags), [i for i, _ in intents]
 
     def _data(self, name: str) -> dict[str, str]:
