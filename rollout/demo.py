@@ -23,6 +23,7 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,14 @@ from typing import Any
 import httpx
 import yaml
 
+from rollout import engine
+from rollout.engine import Callbacks, Engine
 from rollout.errors import BadInputError, RolloutError
 from rollout.local.haproxy import start_haproxy
 from rollout.local.processes import ManagedProcess, free_port, start_process, wait_until
 from rollout.local.prometheus import start_prometheus
+from rollout.machine import RolloutStatus
+from rollout.policy.loader import load_policy
 
 __all__ = ["SCENARIOS", "SERVER_ARGS", "demo_policy", "run_demo", "sd_server_binary",
            "server_ready"]
@@ -120,8 +125,13 @@ def server_ready(url: str) -> bool:
         return False
 
 
-def run_demo(scenario: str, *, root: Path, extra_promote_args: list[str]) -> int:
-    """Start the stack, run ``rollout promote``, stop everything; returns its exit code."""
+def run_demo(scenario: str, *, root: Path, callbacks: Callbacks,
+             on_result: Callable[[Engine, RolloutStatus], int]) -> int:
+    """Start the stack, promote green through the engine, stop everything.
+
+    ``on_result`` sees the engine and the final status while the stack still runs (so the
+    router's weights can be read back) and returns the exit code.
+    """
     if scenario not in SCENARIOS:
         raise BadInputError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
     root = root.resolve()
@@ -157,12 +167,11 @@ def run_demo(scenario: str, *, root: Path, extra_promote_args: list[str]) -> int
             blue=urls["blue"], green=urls["green"], socket=sock,
             prometheus=f"http://127.0.0.1:{ports['prom']}"), sort_keys=False))
         traffic.start()
-        from rollout.cli import app
-
         print(f"== rollout promote {policy_file}", flush=True, file=sys.stderr)
-        # Without standalone mode click returns the command's exit code instead of exiting.
-        code = int(app(["promote", str(policy_file), "--state-dir", str(root / "state"),
-                        *extra_promote_args], standalone_mode=False) or 0)
+        state = root / "state"
+        e = engine.build(load_policy(policy_file), state_dir=state, callbacks=callbacks)
+        code = on_result(e, engine.promote(e, state_dir=state, ready_timeout=300,
+                                           callbacks=callbacks))
     finally:
         traffic.stop.set()
         for p in reversed(procs):

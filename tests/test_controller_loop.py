@@ -87,10 +87,22 @@ def test_failed_step_rolls_back_and_weights_return_to_blue(tmp_path: Path) -> No
     assert "step 1 analysis fail" in store.history("demo")[-2].reason
 
 
-def test_router_errors_are_retried_then_rollback_completes(tmp_path: Path) -> None:
+def test_temporary_router_errors_are_retried_with_backoff_before_a_step_fails(
+        tmp_path: Path) -> None:
+    # One socket hiccup used to roll the release back at once (the error tree said: retry).
+    store, waits = StateStore(tmp_path), []
+    router = RecordingRouter(fail_sets=2)
+    final = Controller(store, router, ScriptedAnalyzer(iter([Verdict.PASS] * 3)),
+                       sleep=waits.append).run(start(store, Plan(weights=(10,))))
+    assert final.phase is Phase.PROMOTED
+    assert waits == [1.0, 2.0]  # RouterError's delay hint, doubled
+
+
+def test_router_errors_past_the_retries_roll_back_and_the_rollback_is_retried(
+        tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     router = RecordingRouter(fail_sets=2)  # the first shift and the first rollback attempt
-    final = Controller(store, router, ScriptedAnalyzer(iter([Verdict.PASS]))).run(
+    final = Controller(store, router, ScriptedAnalyzer(iter([Verdict.PASS])), retries=0).run(
         start(store, Plan(weights=(10,))))
     assert final.phase is Phase.ROLLED_BACK
     reasons = [h.reason for h in store.history("demo")]

@@ -8,6 +8,7 @@ between the two commands, are in ``tests/e2e/test_switch_loop.py``.
 from __future__ import annotations
 
 import re
+import socket
 import socketserver
 import threading
 from collections import Counter
@@ -18,12 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 from fakes import serve_text
+from test_controller_loop import ScriptedAnalyzer, start
 
+from gates.verdict import Verdict
+from rollout.controller import Controller
 from rollout.errors import BadInputError, UnavailableError
 from rollout.local.haproxy import start_haproxy
 from rollout.local.processes import free_port
-from rollout.machine import Weights
+from rollout.machine import Phase, Plan, Weights
 from rollout.routers.haproxy import HaproxyRouter, haproxy_command
+from rollout.store import StateStore
 
 
 def _color_server(color: str) -> ThreadingHTTPServer:
@@ -160,3 +165,51 @@ def test_zero_zero_is_refused_before_any_command(fake_socket: _FakeAdminSocket) 
     with pytest.raises(BadInputError, match="0/0"):
         HaproxyRouter(fake_socket.server_address).set_weights(Weights(blue=0, green=0))
     assert fake_socket.commands == []
+
+
+class FlakySocket:
+    """An admin socket in front of HAProxy's that refuses the first ``refuse`` ``set``
+    commands the way HAProxy refuses one (a non-empty answer), then forwards everything."""
+
+    def __init__(self, target: Path, path: Path, refuse: int) -> None:
+        self.target, self.path, self.left, self.refused = target, path, refuse, 0
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                command = conn.recv(4096).decode().strip()
+                if command.startswith("set") and self.left > 0:
+                    self.left -= 1
+                    self.refused += 1
+                    conn.sendall(b"Permission denied.\n")
+                    continue
+                conn.sendall(haproxy_command(self.target, command).encode() + b"\n")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_refused_command_is_retried_and_the_rollout_still_promotes(
+        lb: tuple[HaproxyRouter, int], tmp_path: Path) -> None:
+    """Faults are data: one refusal on HAProxy's socket used to roll the release back."""
+    router, port = lb
+    flaky = FlakySocket(router.socket_path, tmp_path / "flaky.sock", refuse=1)
+    store, waits = StateStore(tmp_path / "state"), []
+    try:
+        ctl = Controller(store, HaproxyRouter(flaky.path),
+                         ScriptedAnalyzer(iter([Verdict.PASS] * 5)), sleep=waits.append)
+        final = ctl.run(start(store, Plan(weights=(50, 100))))
+    finally:
+        flaky.close()
+    assert final.phase is Phase.PROMOTED, final.reason
+    assert flaky.refused == 1 and waits == [1.0]
+    assert router.get_weights() == Weights(blue=0, green=100)
+    assert _split(port, 10) == Counter(green=10)

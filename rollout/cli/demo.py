@@ -21,13 +21,21 @@ def demo(
     output: Annotated[OutputFormat, typer.Option("--output", "-o")] = OutputFormat.text,
 ) -> None:
     """Start blue and green SD servers, HAProxy and Prometheus, then run rollout promote."""
+    from rollout.cli.rollouts import cli_callbacks, exit_for, print_status
     from rollout.demo import run_demo
+    from rollout.engine import Engine
     from rollout.errors import RolloutError
+    from rollout.machine import RolloutStatus
+    from rollout.policy.loader import PolicyError
+
+    def on_result(e: Engine, final: RolloutStatus) -> int:
+        print_status(final, e.store, output, {"weights": e.read_weights(final)})
+        return exit_for(final).exit_code
 
     try:
-        code = run_demo(scenario, root=root, extra_promote_args=["--output", output.value])
-    except RolloutError as e:
-        bad_input(str(e))
+        code = run_demo(scenario, root=root, callbacks=cli_callbacks(), on_result=on_result)
+    except (RolloutError, PolicyError) as e:
+        bad_input(f"{type(e).__name__}: {e}", output=output)
     raise typer.Exit(code)
 
 

@@ -14,12 +14,10 @@ when the store itself is unreadable) is enough to return traffic to blue.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,15 +28,14 @@ from rollout.cli._common import EXIT_INTERNAL, OutputFormat, bad_input, print_js
 
 if TYPE_CHECKING:
     from gates.canary.runner import CanaryProgress
-    from rollout.controller import Controller
+    from rollout.engine import Callbacks
     from rollout.machine import Observation, RolloutStatus
-    from rollout.notify import Notifier
-    from rollout.platforms.base import Platform, StatusStore
+    from rollout.platforms.base import StatusStore
     from rollout.policy.models import RolloutPolicy
     from rollout.routers.base import TrafficRouter
     from rollout.store import Intent
 
-__all__ = ["register"]
+__all__ = ["cli_callbacks", "exit_for", "print_status", "register"]
 
 EXIT_BY_PHASE = {"Promoted": 0, "RolledBack": 1, "Aborted": 1, "RollingBack": 1, "Paused": 3}
 _ENDS_ON_BLUE = frozenset({"RolledBack", "RollingBack", "Aborted"})
@@ -56,28 +53,6 @@ StateDir = Annotated[Path, typer.Option(envvar="ROLLOUT_STATE_DIR", help=(
 Output = Annotated[OutputFormat, typer.Option("--output", "-o", help="text or json.")]
 Name = Annotated[str, typer.Argument(help="Rollout name (the policy's metadata.name).")]
 DEFAULT_STATE = Path(".state")
-
-
-@dataclass
-class Session:
-    """Everything one rollout needs, built from its policy."""
-
-    policy: RolloutPolicy | None
-    platform: Platform | None
-    store: StatusStore
-    controller: Controller
-    notifier: Notifier | None
-
-    def run(self, status: RolloutStatus) -> RolloutStatus:
-        """Run the controller, retire the losing colour, and let notifications leave."""
-        try:
-            final = self.controller.run(status)
-            if self.platform is not None:
-                self.platform.finish(final)
-        finally:
-            if self.notifier is not None:
-                self.notifier.close(timeout=10)
-        return final
 
 
 def _echo(msg: str) -> None:
@@ -103,37 +78,13 @@ def _canary_progress(p: CanaryProgress) -> None:
         sys.stderr.write("\n")
 
 
-def _build(policy: RolloutPolicy, *, platform: PlatformChoice | None, state_dir: Path,
-           kubeconfig: str | None, context: str | None) -> Session:
+def cli_callbacks() -> Callbacks:
     from rollout import observability
-    from rollout.analysis import PolicyAnalyzer
-    from rollout.controller import Controller
-    from rollout.notify import Notifier
-    from rollout.report import EvidenceWriter
+    from rollout.engine import Callbacks
 
-    kind = platform.value if platform else policy.spec.platform
-    records = state_dir / "records"
-    plat: Platform
-    store: StatusStore
-    if kind == "kubernetes":
-        from rollout.platforms.kubernetes import build_kubernetes
-
-        plat, store, router = build_kubernetes(policy, kubeconfig=kubeconfig, context=context)
-    else:
-        from rollout.platforms.local import build_local
-
-        plat, store, router = build_local(policy, state_dir=state_dir)
-    from rollout.controller import stop_probe
-
-    analyzer = PolicyAnalyzer(policy, plat, records_dir=records,
-                              on_canary_progress=_canary_progress,
-                              should_stop=stop_probe(store, policy.metadata.name))
-    notifier = Notifier.from_spec(policy.spec.notify)
     printer = observability.log_transition \
         if observability.log_format() is observability.LogFormat.json else _transition
-    ctl = Controller(store, router, analyzer, on_transition=observability.compose(
-        printer, EvidenceWriter(state_dir, policy=policy), observability.metrics(), notifier))
-    return Session(policy, plat, store, ctl, notifier)
+    return Callbacks(log=_echo, on_transition=printer, on_canary_progress=_canary_progress)
 
 
 @contextmanager
@@ -150,7 +101,7 @@ def _errors(output: OutputFormat) -> Iterator[None]:
         bad_input(f"{type(e).__name__}: {e}", output=output)
 
 
-def _report(status: RolloutStatus, store: StatusStore, output: OutputFormat,
+def print_status(status: RolloutStatus, store: StatusStore, output: OutputFormat,
             extra: dict[str, Any] | None = None) -> None:
     if output is OutputFormat.json:
         print_json({
@@ -179,7 +130,7 @@ def _report(status: RolloutStatus, store: StatusStore, output: OutputFormat,
         typer.echo(f"  gate {gate}: {verdict}")
 
 
-def _exit(status: RolloutStatus) -> typer.Exit:
+def exit_for(status: RolloutStatus) -> typer.Exit:
     if status.internal_error and status.phase.value in _ENDS_ON_BLUE:
         return typer.Exit(EXIT_INTERNAL)
     return typer.Exit(EXIT_BY_PHASE.get(status.phase.value, 3))
@@ -206,7 +157,7 @@ def promote(
     ``rollout promote NAME --confirm`` is the manual promotion gate of a policy with
     ``promotion.auto: false``.
     """
-    from rollout.machine import Plan, RolloutStatus
+    from rollout import engine
     from rollout.policy.loader import load_policy
 
     if confirm:
@@ -225,56 +176,13 @@ def promote(
         policy = load_policy(policy_file)
         if green is not None:
             policy = _override_green(policy, green)
-        s = _build(policy, platform=platform, state_dir=state_dir, kubeconfig=kubeconfig,
-                   context=context)
-        name = policy.metadata.name
-        assert s.platform is not None  # a session built from a policy has its platform
-        s.platform.check()
-        s.controller.router.check()
-        with s.store.lock(name):
-            existing = s.store.load(name)
-            if existing is not None and not existing.terminal:
-                bad_input(f"rollout {name!r} is in progress ({existing.phase.value}): use "
-                          f"'rollout resume {name}', 'rollout abort {name}' or "
-                          f"'rollout rollback {name}'", output=output)
-            _save_policy(state_dir, policy)
-            try:
-                s.platform.wait_ready("green", timeout=ready_timeout)
-            except Exception as e:
-                _echo(f"green not ready: {e}")
-            spec = policy.spec
-            status = RolloutStatus(name=name, plan=Plan(
-                weights=tuple(st.weight for st in spec.steps),
-                on_inconclusive=spec.rollback.on_inconclusive,
-                verify=spec.promotion.verify_seconds > 0, auto_promote=spec.promotion.auto,
-                router=spec.router.model_dump(mode="json", by_alias=True)))
-            if existing is not None:
-                status = status.model_copy(update={"generation": existing.generation + 1})
-            _start(s.store, status, existing)
-            _echo(f"rollout {name}: started ({len(spec.steps)} steps, gates: "
-                  f"{', '.join(g.name for g in spec.gates)})")
-            final = s.run(status)
-        _report(final, s.store, output, {"weights": _read_weights(s.controller.router, final)})
-    raise _exit(final)
-
-
-def _start(store: StatusStore, status: RolloutStatus, existing: RolloutStatus | None) -> None:
-    """Persist the new run's first status (replacing a finished run of the same name)."""
-    if existing is None:
-        store.save(status, previous=None)
-    else:
-        store.save(status, previous=existing, evidence={"action": "new run"})
-
-
-def _read_weights(router: TrafficRouter, status: RolloutStatus) -> dict[str, int] | None:
-    """Weights read back from the router now (not the last recorded ones)."""
-    from rollout.errors import RolloutError
-
-    try:
-        w = router.get_weights()
-    except RolloutError:
-        return status.weights.model_dump() if status.weights else None
-    return w.model_dump() if w else None
+        cb = cli_callbacks()
+        e = engine.build(policy, state_dir=state_dir, kubeconfig=kubeconfig, context=context,
+                         platform=platform.value if platform else None, callbacks=cb)
+        final = engine.promote(e, state_dir=state_dir, ready_timeout=ready_timeout,
+                               callbacks=cb)
+        print_status(final, e.store, output, {"weights": e.read_weights(final)})
+    raise exit_for(final)
 
 
 def _override_green(policy: RolloutPolicy, url: str) -> RolloutPolicy:
@@ -285,170 +193,30 @@ def _override_green(policy: RolloutPolicy, url: str) -> RolloutPolicy:
     return Model.model_validate(doc)
 
 
-def _policy_path(state_dir: Path, name: str) -> Path:
-    return state_dir / "policies" / f"{name}.json"
-
-
-def _save_policy(state_dir: Path, policy: RolloutPolicy) -> None:
-    path = _policy_path(state_dir, policy.metadata.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(policy.model_dump_json(by_alias=True))
-    os.replace(tmp, path)
-
-
-def _load_saved(state_dir: Path, name: str, policy_file: Path | None) -> RolloutPolicy:
-    from rollout.errors import NotFoundError
-    from rollout.policy.loader import load_policy
-    from rollout.policy.models import RolloutPolicy as Model
-
-    if policy_file is not None:
-        return load_policy(policy_file)
-    path = _policy_path(state_dir, name)
-    if not path.exists():
-        raise NotFoundError(f"no rollout {name!r} in {state_dir} (pass --policy FILE)")
-    return Model.model_validate_json(path.read_text())
-
-
-def _try_policy(state_dir: Path, name: str, policy_file: Path | None
-                ) -> tuple[RolloutPolicy | None, str]:
-    """The policy, or None and why it could not be loaded (abort/rollback go on without)."""
-    from rollout.errors import RolloutError
-    from rollout.policy.loader import PolicyError
-
-    try:
-        return _load_saved(state_dir, name, policy_file), ""
-    except (RolloutError, PolicyError, ValueError, OSError) as e:
-        return None, f"{type(e).__name__}: {e}"
-
-
-def _haproxy(socket_path: Path | None, backend: str) -> TrafficRouter | None:
-    from rollout.routers.haproxy import HaproxyRouter
-
-    return None if socket_path is None else HaproxyRouter(socket_path, backend)
-
-
-def _plan_router(status: RolloutStatus) -> TrafficRouter:
-    """The router frozen in the stored plan (local routers only: Kubernetes needs a client).
-
-    Raises:
-        BadInputError: the plan names no router, or one this command cannot build alone.
-    """
-    from pydantic import TypeAdapter, ValidationError
-
-    from rollout.errors import BadInputError
-    from rollout.policy.models import RouterSpec
-    from rollout.routers import make_router
-
-    if status.plan.router is None:
-        raise BadInputError(f"the stored plan of {status.name!r} names no router: pass "
-                            f"--policy FILE or --haproxy-socket PATH")
-    try:
-        spec = TypeAdapter(RouterSpec).validate_python(status.plan.router)
-    except ValidationError as e:
-        raise BadInputError(f"the stored plan's router does not parse: {e}") from e
-    return make_router(spec)
-
-
-def _session_without_policy(name: str, state_dir: Path, router: TrafficRouter | None,
-                            why: str) -> Session:
-    """Store + router + no analysis: enough to return traffic to blue (abort, rollback)."""
-    from rollout.controller import Controller, NoAnalysis
-    from rollout.errors import NotFoundError
-    from rollout.store import StateStore
-
-    _echo(f"policy unusable ({why}); returning traffic to blue with the router "
-          f"{'given on the command line' if router else 'frozen in the stored plan'}")
-    store = StateStore(state_dir)
-    status = store.load(name)
-    if status is None:
-        raise NotFoundError(f"no rollout {name!r} has been started")
-    router = router or _plan_router(status)
-    return Session(None, None, store, Controller(store, router, NoAnalysis(),
-                                                 on_transition=_transition), None)
-
-
-def _act_on_store(name: str, intent: Intent | None, *, policy_file: Path | None,
-                  platform: PlatformChoice | None, state_dir: Path,
-                  router: TrafficRouter | None) -> tuple[RolloutStatus, StatusStore]:
-    from rollout.errors import BadInputError, LockedError, NotFoundError
-
-    policy, why = _try_policy(state_dir, name, policy_file)
-    if policy is None and intent not in ("abort", "rollback"):
-        raise BadInputError(f"cannot load the policy of {name!r}: {why}")
-    if policy is None:
-        s = _session_without_policy(name, state_dir, router, why)
-    else:
-        s = _build(policy, platform=platform, state_dir=state_dir, kubeconfig=None,
-                   context=None)
-        if router is not None:
-            s.controller.router = router
-    status = s.store.load(name)
-    if status is None:
-        raise NotFoundError(f"no rollout {name!r} has been started")
-    if intent is not None:
-        s.store.request(name, intent)
-    _redeliver(s, status)
-    if status.terminal:
-        if s.notifier is not None:
-            s.notifier.close(timeout=10)
-        return status, s.store
-    try:
-        with s.store.lock(name):
-            final = s.run(s.store.load(name) or status)
-    except LockedError as e:
-        _echo(f"{intent or 'resume'} recorded; {e} and will act on it")
-        final = status
-    return final, s.store
-
-
-def _redeliver(s: Session, status: RolloutStatus) -> None:
-    """Notifications are at least once: the last run may have died between saving a
-    transition and announcing it, so announce it again (receivers dedupe by its id)."""
-    if s.notifier is None:
-        return
-    rows = s.store.history(status.name)
-    if rows and rows[-1].generation == status.generation:
-        s.notifier.redeliver(rows[-1].from_phase, status)
-
-
-def _blue_without_store(error: Exception, name: str, state_dir: Path, policy_file: Path | None,
-                        router: TrafficRouter | None, output: OutputFormat) -> None:
-    """The store is unreadable: return traffic to blue anyway, read it back, exit 2."""
-    if router is None:
-        policy, why = _try_policy(state_dir, name, policy_file)
-        if policy is None:
-            bad_input(f"{error}\nno router known to return traffic to blue ({why}): pass "
-                      f"--haproxy-socket PATH (or --policy FILE)", output=output)
-        from rollout.routers import make_router
-
-        router = make_router(policy.spec.router)
-    from rollout.controller import BLUE
-
-    router.set_weights(BLUE)
-    back = router.get_weights()
-    where = f"blue {back.blue} / green {back.green}" if back else "unknown (router can't tell)"
-    bad_input(f"{error}\ntraffic returned to blue without the store: router reads back "
-              f"{where}", output=output)
-
-
 def _act(name: str, intent: Intent | None, *, policy_file: Path | None,
          platform: PlatformChoice | None, state_dir: Path, output: OutputFormat,
          haproxy_socket: Path | None = None, haproxy_backend: str = "sd") -> None:
+    from rollout import engine
     from rollout.errors import StoreCorruptError
+    from rollout.routers.haproxy import HaproxyRouter
 
-    router = _haproxy(haproxy_socket, haproxy_backend)
+    router = None if haproxy_socket is None else HaproxyRouter(haproxy_socket, haproxy_backend)
     with _errors(output):
         try:
-            final, store = _act_on_store(name, intent, policy_file=policy_file,
-                                         platform=platform, state_dir=state_dir, router=router)
-        except StoreCorruptError as e:
+            final, e = engine.act(name, intent, state_dir=state_dir, policy_file=policy_file,
+                                  platform=platform.value if platform else None, router=router,
+                                  callbacks=cli_callbacks())
+        except StoreCorruptError as err:
             if intent not in ("abort", "rollback"):
                 raise
-            _blue_without_store(e, name, state_dir, policy_file, router, output)
-            raise  # pragma: no cover - _blue_without_store always exits
-        _report(final, store, output)
-    raise _exit(final)
+            back = engine.restore_blue_without_store(name, state_dir=state_dir,
+                                                     policy_file=policy_file, router=router)
+            where = f"blue {back.blue} / green {back.green}" if back else \
+                "unknown (router can't tell)"
+            bad_input(f"{err}\ntraffic returned to blue without the store: router reads back "
+                      f"{where}", output=output)
+        print_status(final, e.store, output)
+    raise exit_for(final)
 
 
 PolicyOpt = Annotated[Path | None, typer.Option("--policy", help=(
@@ -489,6 +257,7 @@ def status_command(name: Name, watch: Annotated[bool, typer.Option(
         help="Refresh every second until the rollout ends.")] = False,
         state_dir: StateDir = DEFAULT_STATE, output: Output = OutputFormat.text) -> None:
     """Show a rollout's phase, weights and gate verdicts."""
+    from rollout.engine import live_weights
     from rollout.store import StateStore
 
     with _errors(output):
@@ -500,34 +269,20 @@ def status_command(name: Name, watch: Annotated[bool, typer.Option(
         if st is None:
             bad_input(f"no rollout {name!r} in {state_dir}", output=output)
         router = router or _status_router(st)
-        _report(st, store, output, _live(router, st))
+        print_status(st, store, output, live_weights(router, st))
         if not watch or st.terminal or st.phase.value == "Paused":
-            raise _exit(st)
+            raise exit_for(st)
         time.sleep(1)
 
 
 def _status_router(status: RolloutStatus) -> TrafficRouter | None:
+    from rollout.engine import plan_router
     from rollout.errors import RolloutError
 
     try:
-        return _plan_router(status)
+        return plan_router(status)
     except RolloutError:
         return None
-
-
-def _live(router: TrafficRouter | None, status: RolloutStatus) -> dict[str, Any]:
-    """The split the router applies now, beside the recorded one (they differ after a crash)."""
-    from rollout.errors import RolloutError
-
-    recorded = status.weights.model_dump() if status.weights else None
-    if router is None:
-        return {"weights_live": None, "weights_live_error": "router not readable from here"}
-    try:
-        w = router.get_weights()
-    except RolloutError as e:
-        return {"weights_live": None, "weights_live_error": f"{type(e).__name__}: {e}"}
-    live = w.model_dump() if w else None
-    return {"weights_live": live, "weights_differ": live is not None and live != recorded}
 
 
 def history(name: Name, state_dir: StateDir = DEFAULT_STATE,
