@@ -22,6 +22,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check rollout gates tests bench deploy/sd-server
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -4,17 +4,25 @@ Why one shape: the CLI, the canary runner, the controller and the benchmark all 
 facts (per-arm n and P50/P95/P99 with intervals, the ratio, the method's own evidence, a
 verdict), and a pipeline reading ``--output json`` should not care which method ran.
 
-Methods:
-``sequential``  the anytime-valid stratified exceedance e-test (:mod:`gates.stats.sequential`);
-               file order is arrival order, ``green[i]`` is paired with
-               ``blue[K*i : K*(i+1)]``; data exhausted before a decision -> ``inconclusive``.
-``kayenta``     Kayenta's Mann-Whitney classifier; ``high`` or ``low`` -> ``fail``.
-``mannwhitney`` one-sided Wilcoxon rank-sum test that green/max_ratio is stochastically larger
+One margin under every method: ``limit = max_ratio * (1 + tolerance)``, and ``tolerance`` is 0
+unless the caller passes it (no hidden slack). Green may be at most ``limit`` times slower
+than blue; each method tests exactly that, or refuses:
+
+``sequential``  the anytime-valid stratified exceedance e-test (:mod:`gates.stats.sequential`)
+               with ``max_ratio = limit``; file order is arrival order, ``green[i]`` is paired
+               with ``blue[K*i : K*(i+1)]``; data exhausted before a decision ->
+               ``inconclusive``.
+``kayenta``     Kayenta's Mann-Whitney classifier; ``high`` or ``low`` -> ``fail``. It has its
+               own margin (``fraction`` of the estimated shift) and no ratio: ``limit != 1``
+               raises ValueError rather than being ignored. ``confidence`` defaults to
+               ``1 - 2 * alpha`` (0.98 at alpha 0.01, Kayenta's default), so ``alpha`` bounds
+               the one-sided false-fail probability as under the other methods; ``direction``
+               defaults to ``increase`` (a latency gate fails a slower green, not a faster one).
+``mannwhitney`` one-sided Wilcoxon rank-sum test that green/limit is stochastically larger
                than blue, at level ``alpha``.
-``bootstrap``   percentile-bootstrap interval of the quantile ratio against
-               ``max_ratio * (1 + tolerance)``.
-``threshold``   the field's fixed rule: fail if
-               ``P_q(green) > P_q(blue) * max_ratio * (1 + tolerance)``.
+``bootstrap``   percentile-bootstrap interval of the quantile ratio against ``limit``.
+``threshold``   the field's fixed rule: fail if ``P_q(green) > P_q(blue) * limit`` (no error
+               control: ``alpha`` does not apply).
 """
 
 from __future__ import annotations
@@ -131,22 +139,37 @@ def summarize(values: ArrayLike, *, arm: str, conf_level: float = 0.95,
         quantile_ci(x, q, conf_level=conf_level, arm=arm) for q in quantiles))
 
 
+# One branch per method over shared validation and evidence: splitting it would scatter
+# the single definition of what every method reports.
 def compare(blue: ArrayLike, green: ArrayLike, *, method: Method = "sequential",
             quantile: float = 0.95, max_ratio: float = 1.0, alpha: float = 0.01,
-            blue_per_green: int = 1, fraction: float = 0.25, confidence: float = 0.98,
-            direction: Literal["increase", "decrease", "either"] = "either",
-            tolerance: float = 0.1, conf_level: float = 0.95) -> Comparison:
+            blue_per_green: int = 1, fraction: float = 0.25, confidence: float | None = None,
+            direction: Literal["increase", "decrease", "either"] = "increase",
+            tolerance: float = 0.0, conf_level: float = 0.95) -> Comparison:
     """Compare green's latencies with blue's and return a verdict with its evidence.
+
+    Green may be at most ``max_ratio * (1 + tolerance)`` times slower under every method
+    (module docstring); Kayenta only takes a limit of 1.
 
     Raises:
         LatencyInputError: a NaN, infinite or negative latency (never silently dropped).
-        ValueError: an unknown method or an out-of-range parameter.
+        ValueError: an unknown method, an out-of-range parameter, or ``method="kayenta"``
+            with ``max_ratio * (1 + tolerance) != 1``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if not max_ratio > 0:
-        raise ValueError(f"max_ratio must be > 0, got {max_ratio!r}")
-    params: dict[str, Any] = {"quantile": quantile, "max_ratio": max_ratio, "alpha": alpha}
+    if not (math.isfinite(max_ratio) and max_ratio > 0):
+        raise ValueError(f"max_ratio must be a finite number > 0, got {max_ratio!r}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    limit = max_ratio * (1.0 + tolerance)
+    if method == "kayenta" and limit != 1.0:
+        raise ValueError(
+            f"method kayenta cannot honour a ratio limit of {limit:g} (max_ratio {max_ratio:g}, "
+            f"tolerance {tolerance:g}): Kayenta's classifier has its own margin (fraction "
+            "of the estimated shift); use max_ratio 1 and tolerance 0, or another method")
+    params: dict[str, Any] = {"quantile": quantile, "max_ratio": max_ratio,
+                              "tolerance": tolerance, "limit": limit, "alpha": alpha}
     b_sum = summarize(blue, arm="blue", conf_level=conf_level)
     g_sum = summarize(green, arm="green", conf_level=conf_level)
     common: dict[str, Any] = {"method": method, "blue": b_sum, "green": g_sum,
@@ -157,12 +180,11 @@ def compare(blue: ArrayLike, green: ArrayLike, *, method: Method = "sequential",
                           **common)
     ratio = quantile_ratio(blue, green, quantile, conf_level=conf_level)
     common["ratio"] = ratio
-    limit = max_ratio * (1.0 + tolerance)
 
     if method == "sequential":
         params["blue_per_green"] = blue_per_green
         seq = sequential_test(green, blue, blue_per_green=blue_per_green, quantile=quantile,
-                              alpha=alpha, max_ratio=max_ratio)
+                              alpha=alpha, max_ratio=limit)
         verdict = seq.decision.verdict
         if verdict is Verdict.CONTINUE:
             verdict = Verdict.INCONCLUSIVE
@@ -171,19 +193,20 @@ def compare(blue: ArrayLike, green: ArrayLike, *, method: Method = "sequential",
             reason = f"data ran out after {seq.decision.slices} slices: {reason}"
         return Comparison(verdict=verdict, reason=reason, sequential=seq, **common)
     if method == "kayenta":
-        params.update(fraction=fraction, confidence=confidence, direction=direction)
-        k = kayenta_classify(green, blue, fraction=fraction, confidence=confidence,
+        level = 1.0 - 2.0 * alpha if confidence is None else confidence
+        params.update(fraction=fraction, confidence=level, direction=direction)
+        k = kayenta_classify(green, blue, fraction=fraction, confidence=level,
                              direction=direction)
         return Comparison(verdict=k.verdict, reason=f"kayenta {k.reason}", kayenta=k,
                           mann_whitney=k.mann_whitney, **common)
     if method == "mannwhitney":
-        g_arr = as_latencies(green, arm="green") / max_ratio
+        g_arr = as_latencies(green, arm="green") / limit
         b_arr = as_latencies(blue, arm="blue")
         if np.ptp(g_arr) == 0 and np.ptp(b_arr) == 0:
             # Both arms constant: the rank test is undefined (R stops); the order is certain.
             failed = bool(g_arr[0] > b_arr[0])
             return Comparison(verdict=Verdict.FAIL if failed else Verdict.PASS, reason=(
-                f"both arms constant: green/max_ratio {g_arr[0]:g} s vs blue {b_arr[0]:g} s"),
+                f"both arms constant: green/limit {g_arr[0]:g} s vs blue {b_arr[0]:g} s"),
                 **common)
         mw = mannwhitney(g_arr, b_arr, alternative="greater", conf_level=1.0 - alpha)
         failed = mw.p_value < alpha
@@ -192,13 +215,11 @@ def compare(blue: ArrayLike, green: ArrayLike, *, method: Method = "sequential",
         return Comparison(verdict=verdict, mann_whitney=mw, reason=(
             f"one-sided rank-sum p = {mw.p_value:.3g} {word} alpha {alpha}"), **common)
     if method == "bootstrap":
-        params["tolerance"] = tolerance
         bs = bootstrap_ratio_test(blue, green, quantile=quantile, limit=limit,
                                   conf_level=1.0 - 2 * alpha)
         return Comparison(verdict=bs.verdict, bootstrap=bs, reason=(
             f"bootstrap P{quantile * 100:g} ratio {bs.estimate:.3f} "
             f"[{bs.ci_low:.3f}, {bs.ci_high:.3f}] vs limit {limit:.3f}"), **common)
-    params["tolerance"] = tolerance
     th = threshold_test(blue, green, quantile=quantile, limit=limit)
     return Comparison(verdict=th.verdict, threshold=th, reason=(
         f"P{quantile * 100:g} green {th.green_quantile:.3f}s vs blue {th.blue_quantile:.3f}s "

@@ -63,12 +63,12 @@ class ErrorRateGateSpec(BaseModel):
     """Green's failed-request fraction must stay at or below ``maxRate``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
-                              frozen=True)
+                              frozen=True, allow_inf_nan=False)
 
     type: Literal["error-rate"] = "error-rate"
     name: str = Field("error-rate", min_length=1)
     max_rate: float = Field(0.01, ge=0, lt=1, description="Largest acceptable error fraction.")
-    min_requests: int = Field(20, ge=1, description=(
+    min_requests: int = Field(20, ge=1, le=1_000_000, description=(
         "Requests needed before a pass can be declared (a failure can come sooner)."))
 
 

@@ -27,14 +27,13 @@ process with SIGKILL at that point: the crash tests use it.
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rollout.crashpoints import crash_here
-from rollout.errors import PermanentError, RolloutError, TemporaryError
+from rollout.errors import PermanentError, RolloutError
 from rollout.machine import (
     Action,
     Observation,
@@ -113,12 +112,6 @@ class Controller:
     router: TrafficRouter
     analyzer: Analyzer
     on_transition: Callable[[RolloutStatus, RolloutStatus, Observation], None] | None = None
-    #: Attempts after the first when the router raises a TemporaryError (HAProxy's socket
-    #: refusing one command must not roll a release back); waits honour its ``delay`` hint,
-    #: doubled per attempt, at most ``max_delay`` seconds.
-    retries: int = 3
-    max_delay: float = 10.0
-    sleep: Callable[[float], None] = time.sleep
     _last: RolloutStatus | None = field(default=None, init=False, repr=False)
 
     def run(self, status: RolloutStatus) -> RolloutStatus:
@@ -175,8 +168,11 @@ class Controller:
                 case "verify":
                     return self.analyzer.verify(status)
                 case "set_weights":
+                    # Routers retry their own temporary failures (one retry layer per client:
+                    # the Kubernetes client, HAProxy's socket); what reaches us is final.
                     assert action.weights is not None
-                    return self._apply(action.weights)
+                    self.router.set_weights(action.weights)
+                    return Observation(weights=self.router.get_weights())
                 case _:
                     return Observation()
         except RolloutError as e:
@@ -187,22 +183,6 @@ class Controller:
                        status.phase.value, tb)
             return Observation(error=f"{type(e).__name__}: {e}", internal=True,
                                evidence={"traceback": tb})
-
-    def _apply(self, weights: Weights) -> Observation:
-        """Set and read back ``weights``, retrying temporary router failures (the error tree
-        says a retry can help); a permanent one, or the last failure, is the observation."""
-        for attempt in range(self.retries + 1):
-            try:
-                self.router.set_weights(weights)
-                return Observation(weights=self.router.get_weights())
-            except TemporaryError as e:
-                if attempt == self.retries:
-                    raise
-                wait = min(self.max_delay, e.delay * 2 ** attempt)
-                _log.warning("router: %s: %s; retry %d/%d in %.1f s", type(e).__name__, e,
-                             attempt + 1, self.retries, wait)
-                self.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _emergency(self, error: BaseException) -> None:
         """Put all traffic on blue and read it back, whatever broke the loop.

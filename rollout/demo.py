@@ -58,7 +58,7 @@ SCENARIOS: dict[str, list[str]] = {
 
 
 def demo_policy(*, blue: str, green: str, socket: Path, prometheus: str,
-                prompts: str = "policies/prompts/tiny-64.yaml") -> dict[str, Any]:
+                prompts: str = "tiny-64") -> dict[str, Any]:
     """The local demo's RolloutPolicy (as a document, written next to the state)."""
     return {
         "apiVersion": "rollout-gates.dev/v1alpha1",
@@ -80,7 +80,7 @@ def demo_policy(*, blue: str, green: str, socket: Path, prometheus: str,
                 {"type": "latency", "name": "p95", "quantile": 0.95, "maxRatio": 1.1,
                  "alpha": 0.01},
                 {"type": "latency", "name": "p95-live", "source": "prometheus",
-                 "maxRatio": 2.0},
+                 "maxRatio": 2.0, "tolerance": 0.15},
                 {"type": "error-rate", "name": "errors", "maxRate": 0.05},
             ],
             "rollback": {"onInconclusive": "rollback", "scaleDownDelaySeconds": 0},

@@ -124,8 +124,9 @@ def build(policy: RolloutPolicy, *, state_dir: Path, platform: str | None = None
         plat, store, router = build_local(policy, state_dir=state_dir)
     analyzer = PolicyAnalyzer(policy, plat, records_dir=state_dir / "records",
                               on_canary_progress=cb.on_canary_progress,
-                              should_stop=stop_probe(store, policy.metadata.name))
-    notifier = Notifier.from_spec(policy.spec.notify)
+                              should_stop=stop_probe(store, policy.metadata.name),
+                              consecutive_error_limit=policy.spec.metrics.consecutive_error_limit)
+    notifier = Notifier.from_spec(policy.spec.notify, labels=policy.metadata.labels)
     ctl = Controller(store, router, analyzer, on_transition=observability.compose(
         cb.on_transition, EvidenceWriter(state_dir, policy=policy), observability.metrics(),
         notifier))

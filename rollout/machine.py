@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gates.gate import GateResult, combine
 from gates.verdict import Verdict
 
 __all__ = [
@@ -159,15 +160,6 @@ class Action:
 
 
 @dataclass(frozen=True)
-class GateResult:
-    """One gate's verdict with a human reason and its error count (for ``error`` verdicts)."""
-
-    verdict: Verdict
-    reason: str = ""
-    errors: int = 0
-
-
-@dataclass(frozen=True)
 class Observation:
     """What running a phase's action showed. Empty for actions with nothing to report."""
 
@@ -212,23 +204,6 @@ def action_for(status: RolloutStatus) -> Action:
             return Action("wait")
         case _:
             return Action("none")
-
-
-def _summary(gates: Mapping[str, GateResult]) -> tuple[Verdict, str]:
-    """Combine gate verdicts: any fail -> fail; all pass -> pass; otherwise inconclusive.
-
-    ``nodata`` and ``error`` never count as a pass (Flagger #1098: NaN passing).
-    """
-    if not gates:
-        return Verdict.NODATA, "no gate reported"
-    failed = {n: g for n, g in gates.items() if g.verdict is Verdict.FAIL}
-    if failed:
-        return Verdict.FAIL, "; ".join(f"{n}: {g.reason}" for n, g in failed.items())
-    open_ = {n: g for n, g in gates.items() if g.verdict is not Verdict.PASS}
-    if open_:
-        return Verdict.INCONCLUSIVE, "; ".join(
-            f"{n}: {g.verdict.value}: {g.reason}" for n, g in open_.items())
-    return Verdict.PASS, "all gates passed"
 
 
 def decide(status: RolloutStatus, obs: Observation) -> Decision:
@@ -315,7 +290,7 @@ def _after_analysis(s: RolloutStatus, obs: Observation) -> tuple[RolloutStatus, 
     if obs.error:
         verdict, why = Verdict.ERROR, obs.error
     else:
-        verdict, why = _summary(obs.gates)
+        verdict, why = combine(obs.gates)  # its docstring: precedence and what rolls back
     if verdict is Verdict.PASS:
         if s.phase is Phase.ADMITTING:
             return _go(s, Phase.SHIFTING, f"green admitted; {why}", step=0)

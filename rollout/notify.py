@@ -150,13 +150,19 @@ def transition_id(status: RolloutStatus) -> str:
 
 
 def payload(event: NotifyEvent, prev: RolloutStatus, nxt: RolloutStatus, *,
-            fmt: Literal["json", "slack"], at: float | None = None) -> dict[str, Any]:
-    """The request body for one event in ``fmt``."""
+            fmt: Literal["json", "slack"], at: float | None = None,
+            labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The request body for one event in ``fmt``.
+
+    ``labels`` (the policy's ``metadata.labels``) are copied into the JSON payload as
+    ``labels`` (always present, ``{}`` without any) and listed in the Slack message's context.
+    """
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at or time.time()))
     weights = nxt.weights.model_dump() if nxt.weights else None
+    tags = dict(labels or {})
     if fmt == "json":
         return {"id": transition_id(nxt), "event": event.value, "rollout": nxt.name,
-                "phase": nxt.phase.value,
+                "labels": tags, "phase": nxt.phase.value,
                 "previous_phase": prev.phase.value, "step": nxt.step,
                 "generation": nxt.generation, "reason": nxt.reason,
                 "verdicts": dict(nxt.verdicts), "weights": weights, "at": when}
@@ -173,7 +179,8 @@ def payload(event: NotifyEvent, prev: RolloutStatus, nxt: RolloutStatus, *,
     w = f"blue {weights['blue']}% / green {weights['green']}%" if weights else "unknown"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": (
         f"{prev.phase.value} → {nxt.phase.value} · step {nxt.step} · generation "
-        f"{nxt.generation} · weights {w} · {when}")}]})
+        f"{nxt.generation} · weights {w} · {when}"
+        + "".join(f" · {k}={v}" for k, v in tags.items()))}]})
     return {"text": f"{text}: {nxt.reason}"[:3000], "blocks": blocks}
 
 
@@ -223,6 +230,7 @@ class Notifier:
         transport: httpx transport (tests).
         rng: jitter source in [0, 1).
         queue_size: events waiting at most; more are dropped with a warning.
+        labels: the policy's ``metadata.labels``, copied into every payload (:func:`payload`).
 
     A webhook whose ``urlEnv`` or header variable is unset is skipped with a warning at
     construction (the rollout still runs).
@@ -231,8 +239,10 @@ class Notifier:
     def __init__(self, webhooks: Sequence[WebhookSpec] = (), *,
                  env: Mapping[str, str] | None = None,
                  transport: httpx.BaseTransport | None = None,
-                 rng: Callable[[], float] = random.random, queue_size: int = 100) -> None:
+                 rng: Callable[[], float] = random.random, queue_size: int = 100,
+                 labels: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
+        self.labels = dict(labels or {})
         self.targets: list[_Target] = []
         for spec in webhooks:
             target = _resolve(spec, env)
@@ -248,7 +258,10 @@ class Notifier:
 
     @classmethod
     def from_spec(cls, spec: NotifySpec | None, **kw: Any) -> Notifier:
-        """A notifier for a policy's ``notify`` block (``None``: no webhooks)."""
+        """A notifier for a policy's ``notify`` block (``None``: no webhooks).
+
+        Pass ``labels=policy.metadata.labels`` so every payload carries them.
+        """
         return cls(spec.webhooks if spec is not None else (), **kw)
 
     def __call__(self, prev: RolloutStatus, nxt: RolloutStatus, obs: Observation) -> None:
@@ -260,7 +273,7 @@ class Notifier:
         for target in self.targets:
             if event not in target.spec.events:
                 continue
-            body = payload(event, prev, nxt, fmt=target.spec.format)
+            body = payload(event, prev, nxt, fmt=target.spec.format, labels=self.labels)
             try:
                 self._queue.put_nowait((target, event, nxt.name, body, transition_id(nxt)))
             except queue.Full:

@@ -1,16 +1,19 @@
 """Seeded canary requests to blue and green in shared time slices, judged as they finish.
 
 The pieces, each in its own module: prompt sets (:mod:`~gates.canary.prompts`), one adapter
-per image API (:mod:`~gates.canary.adapters`), the async runner
-(:mod:`~gates.canary.runner`), the judging of finished slices
+per image API (:mod:`~gates.canary.adapters`), the run's settings (:mod:`~gates.canary.config`),
+the async runner (:mod:`~gates.canary.runner`, with its loops in :mod:`~gates.canary.loops`,
+one request in :mod:`~gates.canary.exchange` and what it reports in
+:mod:`~gates.canary.outcome`), the judging of finished slices
 (:mod:`~gates.canary.evaluation`), JSON Lines records readable by ``rollout compare``
 (:mod:`~gates.canary.records`), the image check (:mod:`~gates.canary.output_check`) and a
 loopback server with a known service time for benchmarks and tests
-(:mod:`~gates.canary.loopback`).
+(:mod:`~gates.canary.loopback`). Verdicts are :class:`gates.gate.GateResult`, combined by
+:func:`gates.gate.combine`.
 """
 
 from gates.canary.adapters import API_NAMES, ImageAPI, get_adapter
-from gates.canary.evaluation import CanaryEvaluation, GateResult, SliceOutcome, combine_verdicts
+from gates.canary.evaluation import CanaryEvaluation, SliceOutcome
 from gates.canary.output_check import OutputCheckResult, OutputCheckSpec
 from gates.canary.prompts import Prompt, PromptSet, PromptSetError, load_prompts, parse_prompts
 from gates.canary.records import ERROR_KINDS, RecordWriter, RequestRecord, in_arm_file
@@ -21,6 +24,7 @@ from gates.canary.runner import (
     run_canary,
     run_canary_sync,
 )
+from gates.gate import GateResult, combine
 
 __all__ = [
     "API_NAMES",
@@ -39,7 +43,7 @@ __all__ = [
     "RecordWriter",
     "RequestRecord",
     "SliceOutcome",
-    "combine_verdicts",
+    "combine",
     "get_adapter",
     "in_arm_file",
     "load_prompts",

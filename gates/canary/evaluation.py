@@ -33,8 +33,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,18 +42,13 @@ from numpy.typing import NDArray
 from gates.canary.output_check import OutputCheck, OutputCheckResult, OutputCheckSpec
 from gates.canary.records import ARMS, ERROR_KINDS, Arm, RequestRecord
 from gates.error_rate import ErrorRateGateSpec, ErrorRateJudge
+from gates.gate import GateResult
 from gates.latency import LatencyGateSpec
 from gates.stats.quantiles import quantile_ci
 from gates.stats.sequential import SequentialJudge
 from gates.verdict import Verdict
 
-__all__ = ["CanaryEvaluation", "GateResult", "SliceOutcome", "combine_verdicts"]
-
-GateKind = Literal["latency", "error-rate", "output"]
-# Severity when gates disagree: a failure decides; missing data and undecided evidence never
-# promote.
-_PRECEDENCE = (Verdict.FAIL, Verdict.ERROR, Verdict.NODATA, Verdict.INCONCLUSIVE,
-               Verdict.CONTINUE, Verdict.PASS)
+__all__ = ["CanaryEvaluation", "SliceOutcome"]
 
 
 @dataclass(frozen=True)
@@ -70,33 +65,6 @@ class SliceOutcome:
         return (self.green, *self.blues)
 
 
-@dataclass(frozen=True)
-class GateResult:
-    """One gate's verdict with its evidence (``details`` is JSON-ready)."""
-
-    name: str
-    kind: GateKind
-    verdict: Verdict
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"name", "type", "verdict", "reason", **details}``."""
-        return {"name": self.name, "type": self.kind, "verdict": self.verdict.value,
-                "reason": self.reason, **self.details}
-
-
-def combine_verdicts(results: Sequence[GateResult]) -> tuple[Verdict, str]:
-    """The canary's verdict: any failure fails; then no data; then undecided; else pass."""
-    if not results:
-        return Verdict.NODATA, "no gate to evaluate"
-    worst = min(results, key=lambda r: _PRECEDENCE.index(r.verdict))
-    if worst.verdict is Verdict.PASS:
-        return Verdict.PASS, "every gate passed"
-    verdict = Verdict.INCONCLUSIVE if worst.verdict is Verdict.CONTINUE else worst.verdict
-    return verdict, f"{worst.name}: {worst.reason}"
-
-
 class _LatencyGate:
     """One latency gate: a streaming judge for ``sequential``, a final test for the others."""
 
@@ -104,7 +72,7 @@ class _LatencyGate:
         self.spec = spec
         self.k = blue_per_green
         self.judge = SequentialJudge(quantile=spec.quantile, alpha=spec.alpha,
-                                     blue_per_green=blue_per_green, max_ratio=spec.max_ratio) \
+                                     blue_per_green=blue_per_green, max_ratio=spec.limit) \
             if spec.method == "sequential" else None
 
     @property
@@ -129,10 +97,11 @@ class _LatencyGate:
     def result(self, blue: NDArray[np.float64], green: NDArray[np.float64]) -> GateResult:
         s = self.spec
         details: dict[str, Any] = {"method": s.method, "quantile": s.quantile,
-                                   "max_ratio": s.max_ratio, "alpha": s.alpha}
+                                   "max_ratio": s.max_ratio, "tolerance": s.tolerance,
+                                   "limit": s.limit, "alpha": s.alpha}
         if green.size == 0 or blue.size == 0:
-            return GateResult(s.name, "latency", Verdict.NODATA,
-                              "no complete slice: nothing to compare", details)
+            return GateResult(Verdict.NODATA, "no complete slice: nothing to compare",
+                              evidence=details, name=s.name, kind="latency")
         if self.judge is not None:
             d = self.judge.decision
             verdict: Verdict = Verdict.INCONCLUSIVE if d.verdict is Verdict.CONTINUE else d.verdict
@@ -146,7 +115,8 @@ class _LatencyGate:
             from gates.compare import compare  # imports every method: only when one is used
 
             c = compare(blue, green, method=s.method, quantile=s.quantile,
-                        max_ratio=s.max_ratio, alpha=s.alpha, blue_per_green=self.k)
+                        max_ratio=s.max_ratio, tolerance=s.tolerance, alpha=s.alpha,
+                        blue_per_green=self.k)
             verdict, reason = c.verdict, c.reason
         if s.ceiling_seconds is not None and verdict is not Verdict.FAIL:
             est = quantile_ci(green, s.quantile, conf_level=1 - 2 * s.alpha, arm="green")
@@ -156,7 +126,8 @@ class _LatencyGate:
                 reason = (f"green's P{s.quantile * 100:g} is above the ceiling of "
                           f"{s.ceiling_seconds:g} s (lower bound {est.ci_low:.3f} s at "
                           f"{1 - s.alpha:.0%} confidence)")
-        return GateResult(s.name, "latency", verdict, reason, details)
+        return GateResult(verdict, reason, samples=int(green.size), evidence=details, name=s.name,
+                          kind="latency")
 
 
 class CanaryEvaluation:
@@ -246,14 +217,15 @@ class CanaryEvaluation:
         out = [g.result(blue, green) for g in self._latency]
         e = self._errors.result
         verdict = Verdict.INCONCLUSIVE if e.verdict is Verdict.CONTINUE else e.verdict
-        out.append(GateResult(self.error_spec.name, "error-rate", verdict, e.reason, {
+        out.append(GateResult(verdict, e.reason, samples=e.requests, name=self.error_spec.name,
+                              kind="error-rate", evidence={
             "max_rate": e.max_rate, "requests": e.requests, "errors": e.errors,
             "rate": _finite(e.rate), "decided_at": e.decided_at,
             "fail_e": _finite(e.fail_e), "fail_threshold": e.fail_threshold,
             "pass_e": _finite(e.pass_e), "pass_threshold": e.pass_threshold}))
         o = self.output
         if o.gating:
-            out.append(GateResult("output", "output", o.verdict, o.reason))
+            out.append(GateResult(o.verdict, o.reason, name="output", kind="output"))
         return out
 
     def errors_by_kind(self) -> dict[str, dict[str, int]]:

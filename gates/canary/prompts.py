@@ -10,11 +10,18 @@ expect identical images. A ``defaults`` block fills fields a prompt leaves out::
       - {id: cat, prompt: "a cat", seed: 1}
 
 Errors carry the file, the 1-based line and the YAML path, like policy errors.
+
+Prompt sets ship with the package (``gates/canary/prompt_sets/NAME.yaml``, package data; the
+checkout's ``policies/prompts/`` links to them), so a bare name such as ``sd15-512`` loads from
+any working directory, installed or editable: :func:`resolve_prompts` says which file a
+reference means, relative paths against the directory given (a policy's own directory).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,8 +29,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-__all__ = ["Prompt", "PromptDefaults", "PromptSet", "PromptSetError", "load_prompts",
-           "parse_prompts"]
+__all__ = ["DEFAULT_PROMPT_SET", "Prompt", "PromptDefaults", "PromptSet", "PromptSetError",
+           "load_prompts", "parse_prompts", "resolve_prompts", "shipped_prompt_sets"]
+
+#: The prompt set a policy's canary uses when it names none.
+DEFAULT_PROMPT_SET = "sd15-512"
+# A shipped set's name: no directory, no extension.
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# The checkout-relative form earlier releases documented (``policies/prompts/NAME.yaml``).
+_LEGACY = re.compile(r"(?:\./)?policies/prompts/([a-z0-9][a-z0-9._-]*)\.ya?ml")
 
 _CONFIG = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
                      frozen=True)
@@ -115,13 +129,55 @@ class PromptSetError(ValueError):
             for line, path, msg in self.issues))
 
 
-def load_prompts(path: str | Path) -> PromptSet:
-    """Read and validate a prompt-set YAML file.
+def _shipped_dir() -> Path:
+    return Path(str(resources.files("gates.canary") / "prompt_sets"))
+
+
+def shipped_prompt_sets() -> tuple[str, ...]:
+    """Names of the prompt sets shipped with the package, e.g. ``("sd15-512", ...)``."""
+    return tuple(sorted(p.stem for p in _shipped_dir().glob("*.yaml")))
+
+
+def resolve_prompts(ref: str | Path, base_dir: Path | None = None) -> Path:
+    """The file a prompt-set reference means.
+
+    * a bare name (``sd15-512``: no ``/``, no ``.yaml``) is the shipped set of that name;
+    * an absolute path is itself; a relative path is taken against ``base_dir`` (a policy's
+      directory), or the working directory when ``base_dir`` is None;
+    * ``policies/prompts/NAME.yaml`` (the form earlier releases documented) that does not
+      exist there is the shipped set NAME.
 
     Raises:
-        PromptSetError: unreadable file, invalid YAML, or schema violations (all of them).
+        PromptSetError: a bare name that is not a shipped set (the message lists them).
     """
-    p = Path(path)
+    text = str(ref).strip()
+    if _NAME.fullmatch(text) and not text.endswith((".yaml", ".yml")):
+        path = _shipped_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise PromptSetError(text, ((0, "", (
+                f"no shipped prompt set named {text!r}; shipped: "
+                f"{', '.join(shipped_prompt_sets()) or 'none'} (or give a path to a YAML "
+                "file)")),))
+        return path
+    path = Path(text)
+    if not path.is_absolute():
+        path = (base_dir if base_dir is not None else Path.cwd()) / path
+    legacy = _LEGACY.fullmatch(text.replace("\\", "/"))
+    if legacy and not path.exists():
+        shipped = _shipped_dir() / f"{legacy.group(1)}.yaml"
+        if shipped.is_file():
+            return shipped
+    return path
+
+
+def load_prompts(path: str | Path, base_dir: Path | None = None) -> PromptSet:
+    """Read and validate a prompt-set YAML file (a reference as :func:`resolve_prompts` reads it).
+
+    Raises:
+        PromptSetError: unknown shipped name, unreadable file, invalid YAML, or schema
+            violations (all of them).
+    """
+    p = resolve_prompts(path, base_dir)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

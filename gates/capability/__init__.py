@@ -21,21 +21,21 @@ from gates.capability.fingerprint import VersionMatrix, fingerprint_of
 from gates.capability.logscan import CATALOG, LogHit, scan_file, scan_text
 from gates.capability.ort_probe import DEFAULT_PROVIDERS
 from gates.capability.probe import Probe, ProbeAbsentError, run_probes
-from gates.capability.requirements import (
-    SAME_AS_BLUE,
-    BaselineRequiredError,
-    CapabilityReport,
-    CapabilityRequirements,
-    VersionPins,
-    Violation,
-    check_capability,
-)
+from gates.capability.requirements import check_capability
 from gates.capability.snapshot import (
     SCHEMA_VERSION,
     CapabilitySnapshot,
     ProbeFact,
     ProviderProbe,
     snapshot_json_schema,
+)
+from gates.capability.spec import (
+    SAME_AS_BLUE,
+    BaselineRequiredError,
+    CapabilityReport,
+    CapabilityRequirements,
+    VersionPins,
+    Violation,
 )
 
 __all__ = [

@@ -103,8 +103,46 @@ def _strict(ort: Any, model: bytes, providers: list[str]) -> dict[str, Any] | No
     return {"providers": gpu, "ok": True, "bound": sess.get_providers()}
 
 
-def probe(providers: list[str], warm_runs: int) -> dict[str, Any]:
-    """Everything the parent turns into a ``ProviderProbe``."""
+#: Session options recorded in the settings (read back from the session, not from the request).
+SESSION_OPTION_KEYS = ("enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse",
+                       "intra_op_num_threads", "inter_op_num_threads",
+                       "graph_optimization_level", "execution_mode")
+
+
+def _session_options(ort: Any, requested: dict[str, Any]) -> Any:
+    """``SessionOptions`` with the requested attributes set (``enable_cpu_mem_arena``...)."""
+    opts = ort.SessionOptions()
+    for key, value in requested.items():
+        setattr(opts, key, value)
+    return opts
+
+
+def _settings(sess: Any) -> dict[str, Any]:
+    """The settings in effect: provider options as ORT fills them in, session options read
+    back, and how the probe feeds the session (I/O binding, no pinned host buffers)."""
+    opts = sess.get_session_options()
+    session: dict[str, Any] = {}
+    for key in SESSION_OPTION_KEYS:
+        value = getattr(opts, key, None)
+        if value is not None:
+            session[key] = value if isinstance(value, bool | int) else str(value)
+    return {
+        "provider_options": {p: {k: str(v) for k, v in o.items()}
+                             for p, o in sess.get_provider_options().items()},
+        "session_options": session,
+        "io_binding": True,
+        "pinned_memory": False,
+    }
+
+
+def probe(providers: list[str], warm_runs: int, provider_options: dict[str, Any] | None = None,
+          session_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the parent turns into a ``ProviderProbe``.
+
+    ``provider_options`` (per provider name) and ``session_options`` (``SessionOptions``
+    attributes) configure the session like the server's own, so the settings recorded are the
+    ones the server runs with.
+    """
     import onnxruntime as ort
 
     build = getattr(ort, "get_build_info", None)
@@ -124,13 +162,17 @@ def probe(providers: list[str], warm_runs: int) -> dict[str, Any]:
         warnings.simplefilter("always")
         t = time.perf_counter()
         try:
-            sess = ort.InferenceSession(model, providers=providers)
+            opts = _session_options(ort, session_options or {})
+            per = provider_options or {}
+            chosen = [(p, per[p]) if p in per else p for p in providers]
+            sess = ort.InferenceSession(model, opts, providers=chosen)
         except Exception as e:
             sess, out["session_error"] = None, f"{type(e).__name__}: {e}"
         out["session_create_ms"] = (time.perf_counter() - t) * 1e3
     out["warnings"] = [str(w.message) for w in caught]
     if sess is not None:
         out["bound"] = sess.get_providers()
+        out["settings"] = _settings(sess)
         try:
             out.update(_run(ort, sess, x, expected, warm_runs))
         except Exception as e:
@@ -140,12 +182,18 @@ def probe(providers: list[str], warm_runs: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    """``--providers A,B,C [--warm-runs N]``; prints the marked JSON line last."""
+    """``--providers A,B,C [--warm-runs N] [--provider-options JSON] [--session-options
+    JSON]``; prints the marked JSON line last."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--providers", required=True)
     parser.add_argument("--warm-runs", type=int, default=10)
+    parser.add_argument("--provider-options", type=json.loads, default=None,
+                        help='JSON: {"CUDAExecutionProvider": {"gpu_mem_limit": "..."}}')
+    parser.add_argument("--session-options", type=json.loads, default=None,
+                        help='JSON: {"enable_cpu_mem_arena": false}')
     args = parser.parse_args()
-    result = probe([p for p in args.providers.split(",") if p], args.warm_runs)
+    result = probe([p for p in args.providers.split(",") if p], args.warm_runs,
+                   args.provider_options, args.session_options)
     sys.stdout.flush()
     sys.stderr.flush()
     print(MARK + json.dumps(result), flush=True)

@@ -9,6 +9,7 @@ fact per probe, whatever the GPU stack does.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gates.bounded import CAPABILITIES_MAX_BYTES, BoundedReadError, read_bounded
 from gates.capability.host import probe_host
@@ -37,10 +38,16 @@ from gates.capability.torch_probe import probe_torch
 __all__ = [
     "CAPABILITIES_PATH",
     "DEFAULT_DEADLINE_S",
+    "PATH_FIELDS",
+    "CapabilitiesDocument",
+    "ModulePath",
+    "OrtPath",
+    "PipelinePath",
     "SnapshotSourceError",
     "capabilities_document",
     "collect_local",
     "default_probes",
+    "execution_path",
     "fetch_snapshot",
     "load_snapshot",
     "scan_log_files",
@@ -77,13 +84,21 @@ def default_probes(
     *,
     deadline_s: float = DEFAULT_DEADLINE_S,
     log_files: Sequence[Path] = (),
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    session_options: Mapping[str, bool | int] | None = None,
 ) -> list[Probe]:
-    """The standard probes; tests add their own (a hanging one) to this list."""
+    """The standard probes; tests add their own (a hanging one) to this list.
+
+    ``provider_options`` and ``session_options`` configure the ORT probe session like the
+    server's (see :func:`~gates.capability.ort_probe.probe_onnxruntime`).
+    """
     ort_budget = min(_SLOW_S, deadline_s)
     ort = partial(
         probe_onnxruntime,
         tuple(providers),
         timeout_s=max(0.1, ort_budget - _CHILD_MARGIN_S),
+        provider_options=provider_options,
+        session_options=session_options,
     )
     probes = [
         Probe("host", probe_host, _QUICK_S),
@@ -109,6 +124,8 @@ def collect_local(
     deadline_s: float = DEFAULT_DEADLINE_S,
     log_files: Sequence[Path] = (),
     probes: Sequence[Probe] | None = None,
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    session_options: Mapping[str, bool | int] | None = None,
 ) -> CapabilitySnapshot:
     """Snapshot this machine and process, within ``deadline_s``.
 
@@ -117,11 +134,15 @@ def collect_local(
         deadline_s: overall time box; a probe still running then is a ``timeout`` fact.
         log_files: logs to scan for degraded-path phrases (recorded as ``log_hits``).
         probes: replaces :func:`default_probes` (for tests and custom collectors).
+        provider_options: per-provider ORT options for the probe session (the server's own).
+        session_options: ORT ``SessionOptions`` attributes for the probe session.
     """
     started = time.monotonic()
     taken_at = datetime.now(UTC)
     if probes is None:
-        probes = default_probes(providers, deadline_s=deadline_s, log_files=log_files)
+        probes = default_probes(providers, deadline_s=deadline_s, log_files=log_files,
+                                provider_options=provider_options,
+                                session_options=session_options)
     outcomes = run_probes(probes, deadline_s=deadline_s)
     return CapabilitySnapshot(
         taken_at=taken_at,
@@ -138,9 +159,126 @@ def collect_local(
     )
 
 
-def capabilities_document(snapshot: CapabilitySnapshot) -> dict[str, Any]:
-    """The body a server returns at ``GET /capabilities``: ``{"snapshot": {...}}``."""
-    return {"snapshot": snapshot.model_dump(mode="json")}
+#: The execution-path facts of one pipeline module, in the order reports show them.
+PATH_FIELDS: Final = ("backend", "device", "dtype", "attention", "attention_impl",
+                      "memory_format", "compiled")
+
+
+class _Open(BaseModel):
+    # Servers add keys over time: unknown ones are kept, never an error.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ModulePath(_Open):
+    """The path one pipeline module runs on (the SD server's ``ModuleReport``)."""
+
+    backend: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    attention: str | None = None
+    attention_impl: tuple[str, ...] | None = None
+    memory_format: str | None = None
+    compiled: bool | None = None
+
+
+class OrtPath(_Open):
+    """What ONNX Runtime bound for the UNet (requested and bound providers)."""
+
+    requested: tuple[str, ...] | None = None
+    bound: tuple[str, ...] | None = None
+
+
+class PipelinePath(_Open):
+    """The whole pipeline's actual path (the SD server's ``PathReport``)."""
+
+    modules: dict[str, ModulePath] = Field(default_factory=dict)
+    ort: OrtPath | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """``{"<module>.<field>": value}`` for every :data:`PATH_FIELDS` field, plus
+        ``ort.bound``: what the ``execution-path`` gate compares and the report shows."""
+        out: dict[str, Any] = {f"{name}.{k}": getattr(m, k) for name, m in self.modules.items()
+                               for k in PATH_FIELDS}
+        if self.ort is not None:
+            out["ort.bound"] = self.ort.bound
+        return out
+
+
+class CapabilitiesDocument(_Open):
+    """The body of ``GET /capabilities``: the snapshot and what the serving process reports.
+
+    The SD server writes it (:func:`capabilities_document`), the analyzer reads it (admission:
+    readiness, self-reported degradation, the execution path, capability gates) and the report
+    shows its execution path: one model, so they cannot drift apart.
+
+    Attributes:
+        snapshot: the capability snapshot, as JSON (validated by :meth:`capability_snapshot`,
+            so a bad snapshot fails the capability gates, not the whole document).
+        pipeline: the pipeline's actual path, once loaded.
+        degraded: the server serves on a path its admission refused (``--allow-degraded``).
+        violations: why (``Violation`` documents).
+        fault_injection: the server's fault-injection settings (``active`` when on).
+    """
+
+    snapshot: dict[str, Any] | None = None
+    pipeline: PipelinePath | None = None
+    degraded: bool = False
+    violations: tuple[dict[str, Any], ...] = ()
+    fault_injection: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, body: Any, source: str) -> CapabilitiesDocument:
+        """Validate a ``/capabilities`` body read from ``source``.
+
+        Raises:
+            SnapshotSourceError: not a JSON object of this shape.
+        """
+        if not isinstance(body, dict):
+            raise SnapshotSourceError(f"{source}: not a JSON object")
+        try:
+            return cls.model_validate(body)
+        except ValidationError as e:
+            raise SnapshotSourceError(f"{source}: not a /capabilities document: {e}") from e
+
+    def capability_snapshot(self, source: str) -> CapabilitySnapshot:
+        """The snapshot in the document (``source`` names where it came from).
+
+        Raises:
+            SnapshotSourceError: no snapshot, or not a valid one.
+        """
+        return snapshot_from_document({"snapshot": self.snapshot} if self.snapshot is not None
+                                      else {}, source)
+
+    def execution_path(self) -> dict[str, Any]:
+        """The execution-path facts (:meth:`PipelinePath.facts`); empty without a pipeline."""
+        return self.pipeline.facts() if self.pipeline is not None else {}
+
+    @property
+    def fault_injection_active(self) -> bool:
+        """Whether the server runs with fault injection switched on."""
+        return bool(self.fault_injection.get("active"))
+
+
+def execution_path(pipeline: Any) -> dict[str, Any]:
+    """The execution-path facts of a recorded ``pipeline`` document (``{}`` if none or not
+    a pipeline)."""
+    if not isinstance(pipeline, dict):
+        return {}
+    try:
+        return PipelinePath.model_validate(pipeline).facts()
+    except ValidationError:
+        return {}
+
+
+def capabilities_document(snapshot: CapabilitySnapshot, **fields: Any) -> dict[str, Any]:
+    """The body a server returns at ``GET /capabilities``: ``{"snapshot": {...}, **fields}``,
+    validated against :class:`CapabilitiesDocument`.
+
+    Raises:
+        pydantic.ValidationError: a field of the wrong shape.
+    """
+    doc = CapabilitiesDocument(snapshot=snapshot.model_dump(mode="json"), **fields)
+    return doc.model_dump(mode="json", exclude_unset=True)
 
 
 def fetch_snapshot(
@@ -198,7 +336,8 @@ def snapshot_from_document(body: Any, source: str) -> CapabilitySnapshot:
 
 
 def load_snapshot(source: str, *, timeout_s: float = 10.0) -> CapabilitySnapshot:
-    """A snapshot from an ``http(s)://`` server URL or a JSON file path.
+    """A snapshot from an ``http(s)://`` server URL or a JSON file path (a snapshot, as
+    ``rollout snapshot --output json`` writes it, or a saved ``GET /capabilities`` body).
 
     Raises:
         SnapshotSourceError: the source cannot be read or is not a valid snapshot.
@@ -207,8 +346,21 @@ def load_snapshot(source: str, *, timeout_s: float = 10.0) -> CapabilitySnapshot
         return fetch_snapshot(source, timeout_s=timeout_s)
     path = Path(source)
     try:
-        return CapabilitySnapshot.from_file(path)
+        raw = path.read_bytes()
     except OSError as e:
         raise SnapshotSourceError(f"{path}: {e}") from e
+    try:
+        return CapabilitySnapshot.model_validate_json(raw)
     except ValidationError as e:
+        body = _json_object(raw)
+        if body is not None and "snapshot" in body and "schema_version" not in body:
+            return snapshot_from_document(body, str(path))  # a saved /capabilities body
         raise SnapshotSourceError(f"{path}: not a valid capability snapshot: {e}") from e
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

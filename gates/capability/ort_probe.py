@@ -3,9 +3,11 @@
 Why: with CUDA or TensorRT unusable, ``InferenceSession`` silently binds the CPU provider
 after one warning, and ``get_available_providers()`` may still list CUDA on a GPU build with
 broken libraries. Only ``session.get_providers()`` tells the truth, so the probe builds a tiny
-attention graph, creates a session with the requested order (default TensorRT -> CUDA -> CPU),
-runs it with I/O binding on the bound device, repeats it in strict mode
-(``session.disable_cpu_ep_fallback=1``) and scans everything ORT printed. It runs in a child
+attention graph, creates a session with the requested order (default TensorRT -> CUDA -> CPU)
+and the server's provider and session options, records the settings in effect
+(:class:`~gates.capability.ort_settings.OrtSettings`), runs it with I/O binding on the bound
+device, repeats it in strict mode (``session.disable_cpu_ep_fallback=1``) and scans everything
+ORT printed. It runs in a child
 process (see :mod:`gates.capability._ort_child`) with the probe's deadline, so ``onnxruntime``
 is never imported into the controller.
 """
@@ -16,8 +18,9 @@ import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from gates.capability._ort_child import MARK
 from gates.capability.logscan import scan_lines, strip_ansi
@@ -48,9 +51,20 @@ def _lines(text: str | bytes | None) -> list[str]:
 
 
 def probe_onnxruntime(
-    providers: Sequence[str] = DEFAULT_PROVIDERS, *, timeout_s: float, warm_runs: int = 10
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    *,
+    timeout_s: float,
+    warm_runs: int = 10,
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    session_options: Mapping[str, bool | int] | None = None,
 ) -> ProviderProbe:
     """Run the provider probe in a child process of this interpreter.
+
+    ``provider_options`` (per provider, e.g. ``{"CUDAExecutionProvider": {"gpu_mem_limit":
+    "8589934592"}}``) and ``session_options`` (``SessionOptions`` attributes, e.g.
+    ``{"enable_cpu_mem_arena": False}``) configure the probe session like the server's, so
+    :attr:`ProviderProbe.settings` records the settings the server runs with, as ORT reports
+    them (``get_provider_options()``, defaults filled in).
 
     Raises:
         ProbeAbsentError: onnxruntime is not installed.
@@ -70,6 +84,11 @@ def probe_onnxruntime(
         "--warm-runs",
         str(warm_runs),
     ]
+    if provider_options:
+        opts = {p: {k: str(v) for k, v in o.items()} for p, o in provider_options.items()}
+        argv += ["--provider-options", json.dumps(opts)]
+    if session_options:
+        argv += ["--session-options", json.dumps(dict(session_options))]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as e:

@@ -1,13 +1,10 @@
-"""The ``capability`` gate: what green must bind and be able to do before any user traffic.
+"""The ``capability`` gate's checks: green's snapshot against :class:`CapabilityRequirements`.
 
-Why itemized: "not admitted" helps nobody at 3 a.m.; each violation names the check, the
-expected and observed values and a sentence (``CUDAExecutionProvider requested but ONNX
-Runtime fell back to CPU: requested [...] -> bound [CPUExecutionProvider]``). Version pins
-are exact strings or ``"same-as-blue"``, resolved against blue's snapshot, because "whatever
-blue runs" is the pin that catches drift without anyone writing versions down.
-
-:class:`CapabilityRequirements` carries ``type: "capability"`` so the policy language can put
-it in its discriminated union of gates.
+Each check (providers, GPUs, GPU model, version pins, fingerprint, attention and precision,
+ONNX Runtime settings, log phrases) yields itemized :class:`Violation` items;
+:func:`check_capability` runs them all and returns a :class:`CapabilityReport`. The
+requirements, violations and report are defined in :mod:`gates.capability.spec` and importable
+from here as before.
 """
 
 from __future__ import annotations
@@ -15,163 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Annotated, Final, Literal, TypeVar
+from typing import TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    JsonValue,
-    StringConstraints,
-    computed_field,
-    field_validator,
-)
-from pydantic.alias_generators import to_camel
-
-from gates.capability.logscan import (
-    CATALOG,
-    LOG_CATEGORIES,
-    POLICY_CATEGORY,
-    LogCategory,
-    LogHit,
-    Phrase,
-    compile_phrases,
-)
+from gates.capability.logscan import POLICY_CATEGORY, LogHit
+from gates.capability.ort_settings import ort_violations
 from gates.capability.snapshot import CPU_PROVIDER, CapabilitySnapshot, ProbeFact
-from gates.verdict import Verdict
-
-__all__ = [
-    "SAME_AS_BLUE",
-    "BaselineRequiredError",
-    "CapabilityReport",
-    "CapabilityRequirements",
-    "ProviderName",
-    "VersionPins",
-    "Violation",
-    "check_capability",
-]
-
-SAME_AS_BLUE: Final = "same-as-blue"
-T = TypeVar("T")
-
-ProviderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+ExecutionProvider$")]
-#: An exact version string, or ``"same-as-blue"``.
-Pin = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
-
-
-#: The policy language's conventions: camelCase keys (snake_case accepted), no unknown keys.
-_POLICY_CONFIG = ConfigDict(
-    extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+from gates.capability.spec import (
+    SAME_AS_BLUE,
+    BaselineRequiredError,
+    CapabilityReport,
+    CapabilityRequirements,
+    Violation,
 )
 
+__all__ = ["check_capability"]
 
-class VersionPins(BaseModel):
-    """Pins on the version matrix (see :class:`~gates.capability.fingerprint.VersionMatrix`)."""
-
-    model_config = _POLICY_CONFIG
-
-    driver_branch: Pin | None = None
-    cuda_driver: Pin | None = None
-    cuda_runtime: Pin | None = None
-    cudnn: Pin | None = None
-    tensorrt: Pin | None = None
-    onnxruntime: Pin | None = None
-    torch: Pin | None = None
-
-
-class CapabilityRequirements(BaseModel):
-    """What a capability gate requires of green (every field optional: require what matters).
-
-    Keys are camelCase in a policy (``requireProviders``, ``minGpus``...).
-
-    Attributes:
-        name: the gate's name in verdicts and reports.
-        require_providers: ORT providers that must carry the probe graph.
-        forbid_providers: providers that must not (``CPUExecutionProvider``: no CPU fallback;
-            ORT's CPU provider behind a GPU one, for shape ops, does not count).
-        min_gpus: GPUs NVML must list; also that many ``/dev/nvidiaN`` and a loadable libcuda.
-        gpu_model: every GPU's NVML name, exactly, or ``same-as-blue`` (same set of models).
-        versions: version pins, exact or ``same-as-blue``.
-        fingerprint: the whole version matrix, exact or ``same-as-blue``.
-        require_fused_attention: a fused SDPA backend (flash, memory-efficient, cuDNN) enabled
-            and shown usable in the serving process.
-        require_fp16: an fp16 matmul ran on the GPU.
-        forbid_log_categories: degraded-path phrase categories that refuse admission
-            (default: all of them); the policy's own ``forbid_log_phrases`` always refuse.
-        forbid_log_phrases: extra regular expressions to refuse on.
-    """
-
-    model_config = _POLICY_CONFIG
-
-    type: Literal["capability"] = "capability"
-    name: str = Field("capability", min_length=1, description="Gate name in verdicts and reports.")
-    require_providers: tuple[ProviderName, ...] = ()
-    forbid_providers: tuple[ProviderName, ...] = ()
-    min_gpus: int | None = Field(default=None, ge=0)
-    gpu_model: str | None = None
-    versions: VersionPins = VersionPins()
-    fingerprint: str | None = None
-    require_fused_attention: bool = False
-    require_fp16: bool = False
-    forbid_log_categories: tuple[LogCategory, ...] = tuple(
-        c for c in LOG_CATEGORIES if c != POLICY_CATEGORY
-    )
-    forbid_log_phrases: tuple[str, ...] = ()
-
-    @field_validator("forbid_log_phrases")
-    @classmethod
-    def _valid_regexes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        compile_phrases(v)
-        return v
-
-    def log_phrases(self) -> tuple[Phrase, ...]:
-        """The catalog plus this policy's own phrases: what to scan log files with."""
-        return CATALOG + compile_phrases(self.forbid_log_phrases)
-
-    def needs_blue(self) -> list[str]:
-        """The fields that say ``same-as-blue`` (they need blue's snapshot)."""
-        fields = [f"versions.{k}" for k, v in self.versions if v == SAME_AS_BLUE]
-        fields += [k for k in ("gpu_model", "fingerprint") if getattr(self, k) == SAME_AS_BLUE]
-        return fields
-
-
-class BaselineRequiredError(ValueError):
-    """A requirement says ``same-as-blue`` but no blue snapshot was given (bad input)."""
-
-
-class Violation(BaseModel):
-    """One failed check, with what was expected and what was observed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    check: str
-    expected: JsonValue
-    observed: JsonValue
-    message: str
-
-
-class CapabilityReport(BaseModel):
-    """The gate's answer: admitted, or the itemized violations."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    violations: tuple[Violation, ...]
-    fingerprint: str
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def admitted(self) -> bool:
-        """No violation."""
-        return not self.violations
-
-    @property
-    def verdict(self) -> Verdict:
-        """``pass`` when admitted, else ``fail`` (a snapshot always holds data to judge)."""
-        return Verdict.PASS if self.admitted else Verdict.FAIL
-
-    def checks(self) -> set[str]:
-        """The names of the failed checks."""
-        return {v.check for v in self.violations}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -386,6 +242,18 @@ def _logs(ctx: _Ctx) -> Iterator[Violation]:
         )
 
 
+def _ort(ctx: _Ctx) -> Iterator[Violation]:
+    bounds = ctx.req.ort
+    if bounds is None:
+        return
+    probe = ctx.green.provider_probe
+    if probe is None:
+        note = _probe_note(ctx.green.probe("onnxruntime"), "onnxruntime")
+    else:
+        note = f"the probe session recorded none ({probe.session_error or 'no session'})"
+    yield from ort_violations(bounds, probe.settings if probe else None, note)
+
+
 _CHECKS: tuple[Callable[[_Ctx], Iterator[Violation]], ...] = (
     _providers,
     _gpus,
@@ -393,6 +261,7 @@ _CHECKS: tuple[Callable[[_Ctx], Iterator[Violation]], ...] = (
     _versions,
     _fingerprint,
     _attention,
+    _ort,
     _logs,
 )
 

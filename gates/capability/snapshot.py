@@ -15,27 +15,21 @@ fingerprint is rejected rather than trusted.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ModelWrapValidatorHandler,
-    computed_field,
-    model_validator,
-)
-from pydantic_core import to_jsonable_python
+from pydantic import AwareDatetime, Field, computed_field
 
+from gates.capability._facts import Facts as _Facts
 from gates.capability.fingerprint import VersionMatrix, cuda_minor, driver_branch, fingerprint_of
 from gates.capability.logscan import LogHit
+from gates.capability.ort_settings import OrtSettings
 
 __all__ = [
     "CPU_PROVIDER",
     "FUSED_SDPA_BACKENDS",
     "SCHEMA_VERSION",
     "CapabilitySnapshot",
+    "ContainerToolkit",
     "GpuDevice",
     "HostFacts",
     "LibraryName",
@@ -56,28 +50,6 @@ CPU_PROVIDER: Final = "CPUExecutionProvider"
 FUSED_SDPA_BACKENDS: Final = ("flash", "mem_efficient", "cudnn")
 
 ProbeStatus = Literal["ok", "error", "timeout", "absent"]
-
-
-class _Facts(BaseModel):
-    """Strict, immutable base; computed fields are checked, not trusted, on input."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _recompute_derived(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        derived = cls.model_computed_fields
-        if not isinstance(data, dict) or not derived.keys() & data.keys():
-            return handler(data)
-        claimed = {k: data[k] for k in derived if k in data}
-        model = handler({k: v for k, v in data.items() if k not in derived})
-        actual = model.model_dump(mode="json", include=set(claimed))
-        for key, value in claimed.items():
-            if to_jsonable_python(value) != actual[key]:
-                raise ValueError(
-                    f"{key}: the document says {value!r}, but its facts give {actual[key]!r}"
-                )
-        return model
 
 
 class ProbeFact(_Facts):
@@ -104,6 +76,22 @@ class GpuDevice(_Facts):
     power_limit_w: float | None = None
 
 
+class ContainerToolkit(_Facts):
+    """The NVIDIA Container Toolkit as the container sees it.
+
+    ``NVIDIA_REQUIRE_CUDA`` is the image's constraint on the driver (``cuda>=12.4 brand=...``),
+    ``NVIDIA_DRIVER_CAPABILITIES`` what the runtime mounts (``compute,utility``; without
+    ``compute`` there is no libcuda). ``nvidia-container-cli`` exists on hosts and in some
+    images only: its absence is recorded, never an error.
+    """
+
+    cli_version: str | None = Field(default=None, description="nvidia-container-cli cli-version")
+    lib_version: str | None = Field(default=None, description="libnvidia-container lib-version")
+    cli_error: str | None = Field(default=None, description="why the CLI gave no version")
+    nvidia_require_cuda: str | None = None
+    nvidia_driver_capabilities: str | None = None
+
+
 class HostFacts(_Facts):
     """Driver, GPUs and the container plumbing a GPU process needs."""
 
@@ -116,6 +104,9 @@ class HostFacts(_Facts):
     libcuda_error: str | None = None
     nvidia_visible_devices: str | None = None
     cuda_visible_devices: str | None = None
+    container: ContainerToolkit | None = Field(
+        default=None, description="NVIDIA Container Toolkit facts (CLI version, env)"
+    )
 
     @property
     def gpu_device_nodes(self) -> tuple[str, ...]:
@@ -157,7 +148,7 @@ class TorchFacts(_Facts):
         default=SdpaBackends(),
         description="whether a tiny fp16 SDPA ran restricted to each backend (CUDA only)",
     )
-    sdpa_errors: dict[str, str] = {}
+    sdpa_errors: dict[str, str] = Field(default_factory=dict)
     tf32_matmul: bool | None = None
     tf32_cudnn: bool | None = None
     fp16_cuda: bool | None = Field(
@@ -189,7 +180,8 @@ class ProviderProbe(_Facts):
     """A tiny attention graph run through ONNX Runtime with the requested provider order.
 
     ``available`` is what the build claims; only ``bound`` (``session.get_providers()``)
-    tells what runs.
+    tells what runs. ``settings`` is what the session runs *with* (provider and session
+    options as ORT reports them, see :mod:`gates.capability.ort_settings`).
     """
 
     onnxruntime_version: str
@@ -214,6 +206,10 @@ class ProviderProbe(_Facts):
     session_create_ms: float | None = None
     first_run_ms: float | None = None
     warm_run_ms: float | None = None
+    settings: OrtSettings | None = Field(
+        default=None,
+        description="the session's runtime settings in effect (provider and session options)",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

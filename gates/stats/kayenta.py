@@ -94,6 +94,8 @@ class KayentaResult:
         return _VERDICTS[self.classification]
 
 
+# Kept whole: it mirrors Kayenta's MannWhitneyClassifier flow step by step, which is how it
+# is checked against Kayenta's own outputs.
 def kayenta_classify(
     green: ArrayLike | Iterable[float],
     blue: ArrayLike | Iterable[float],

@@ -268,6 +268,8 @@ def _continuity(z: float, alternative: Alternative, correct: bool) -> float:
     return 0.5 if alternative == "greater" else -0.5
 
 
+# Kept whole: it follows R's wilcox.test normal approximation (ties, continuity correction)
+# step by step, which is how it is checked against R.
 def _asymptotic_test(
     x: NDArray[np.float64],
     y: NDArray[np.float64],

@@ -101,21 +101,31 @@ References
   inference", *Statistical Science* 38(4), 2023.
 * M. Lindon, C. Sanden, V. Shirikian, "Rapid regression detection in software deployments
   through sequential testing", *KDD* 2022.
+
+The e-process arithmetic (running quantile, log likelihood ratios) is in
+:mod:`gates.stats.exceedance`. This module stays over 400 lines on purpose: about 110
+of them are the derivation above, which belongs next to the judge whose false-rollback bound it
+proves; the code itself is one class and the function that runs it over a recording.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from gates._validation import LatencyInputError, as_latencies, check_probability
+from gates.stats.exceedance import (
+    Floats,
+    RunningQuantile,
+    centre_log_lr,
+    logsumexp,
+    tail_log_lr,
+)
 from gates.verdict import Verdict
 
 __all__ = [
@@ -142,9 +152,6 @@ CENTRE_GAMMAS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 100.0)
 TAIL_WEIGHT = 0.8
 #: Past blue latencies ``tau`` is taken from: the latest 200 (module docstring, "Warm-up").
 TAU_WINDOW = 200
-
-_Floats = NDArray[np.float64]
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -199,8 +206,8 @@ class SequentialResult:
 
     decision: Decision
     decided_at: int | None
-    e_values: _Floats
-    futility_e_values: _Floats
+    e_values: Floats
+    futility_e_values: Floats
     unused_blue: int
 
     def summary(self) -> dict[str, Any]:
@@ -223,76 +230,14 @@ class SequentialResult:
         }
 
 
-class _RunningQuantile:
-    """Inverse-CDF ``q``-quantile of the latest slices' values: at least ``window`` values
-    (all when ``None``), evicted a whole slice at a time, so the order of the values within a
-    slice never matters.
-
-    A sorted list plus the slices in arrival order: O(window) per value, which at the default
-    window is a memmove of a few hundred pointers.
-    """
-
-    def __init__(self, q: float, window: int | None = None) -> None:
-        self._q = q
-        self._window = window
-        self._sorted: list[float] = []
-        self._slices: deque[tuple[float, ...]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._sorted)
-
-    def add(self, values: Sequence[float] | _Floats) -> None:
-        """Add one slice's values."""
-        group = tuple(float(x) for x in values)
-        for v in group:
-            bisect.insort(self._sorted, v)
-        if self._window is None:
-            return
-        self._slices.append(group)
-        while len(self._sorted) - len(self._slices[0]) >= self._window:
-            for v in self._slices.popleft():
-                del self._sorted[bisect.bisect_left(self._sorted, v)]
-
-    def value(self) -> float:
-        if not self._sorted:
-            return math.nan
-        # round() guards q * n against binary noise (0.95 * 20 = 19.000000000000004).
-        k = max(1, math.ceil(round(self._q * len(self._sorted), 9)))
-        return self._sorted[k - 1]
-
-
-def _logsumexp(x: _Floats, log_w: _Floats) -> _Floats:
-    """``log(sum_i exp(log_w[i] + x[..., i]))`` along the last axis, stable."""
-    z = x + log_w
-    m = np.max(z, axis=-1, keepdims=True)
-    return np.asarray(m[..., 0] + np.log(np.sum(np.exp(z - m), axis=-1)), dtype=np.float64)
-
-
-def _tail_log_lr(y: NDArray[np.bool_], s: NDArray[np.int64], k: int,
-                 rho: _Floats) -> _Floats:
-    """``log LR_rho(Y_t, S_t)`` for each slice (rows) and odds ratio (columns).
-
-    Exactly 0 for slices without a ``tau`` (``Y = S = 0``); 0 up to rounding for ``S = K + 1``.
-    """
-    s_ = s[:, None].astype(np.float64)
-    log_lr = math.log(k + 1) - np.log(rho * s_ + (k + 1 - s_))
-    return np.asarray(np.where(y[:, None], log_lr + np.log(rho), log_lr), dtype=np.float64)
-
-
-def _centre_log_lr(rank: NDArray[np.int64], k: int, gamma: _Floats) -> _Floats:
-    """``log((K + 1) P_gamma(R_t))`` for each slice (rows) and Lehmann exponent (columns)."""
-    r = rank[:, None].astype(np.float64)
-    log_p = gamma * np.log1p(r) + np.log1p(-((r / (r + 1.0)) ** gamma)) - gamma * math.log(k + 1)
-    return np.asarray(math.log(k + 1) + log_p, dtype=np.float64)
-
 
 @dataclass
 class _Chunk:
     """What :meth:`SequentialJudge._advance` hands back: the decision and the trajectories."""
 
     decision: Decision
-    log_e: _Floats
-    log_f: _Floats
+    log_e: Floats
+    log_f: Floats
 
 
 class SequentialJudge:
@@ -365,7 +310,7 @@ class SequentialJudge:
                                      math.log((1 - TAIL_WEIGHT) / self._gamma.size))
         self._rho_f = np.asarray([self.futility_ratio])
         self.tau_window = tau_window
-        self._tau = _RunningQuantile(self.quantile, tau_window)
+        self._tau = RunningQuantile(self.quantile, tau_window)
         # Running state: cumulative log-LRs per mixture component, futility log-e, guard.
         self._cum_tail = np.zeros(self._rho.size)
         self._cum_centre = np.zeros(self._gamma.size)
@@ -408,7 +353,7 @@ class SequentialJudge:
     # -- internals -------------------------------------------------------------------------
 
     def _validate(self, green: Sequence[float] | ArrayLike,
-                  blue: Sequence[float] | ArrayLike) -> tuple[_Floats, _Floats]:
+                  blue: Sequence[float] | ArrayLike) -> tuple[Floats, Floats]:
         k, t0 = self.blue_per_green, self._decision.slices
         g = np.asarray(green, dtype=object).reshape(-1)
         b = np.asarray(blue, dtype=object).reshape(-1)
@@ -439,11 +384,11 @@ class SequentialJudge:
         s = y.astype(np.int64) + np.sum(b > tau[:, None], axis=1)
         rank = np.sum(b < x[:, None], axis=1)
 
-        tail = self._cum_tail + np.cumsum(_tail_log_lr(y, s, k, self._rho), axis=0)
-        centre = self._cum_centre + np.cumsum(_centre_log_lr(rank, k, self._gamma), axis=0)
-        log_f = self._cum_fut - np.cumsum(_tail_log_lr(y, s, k, self._rho_f)[:, 0])
-        log_e = np.logaddexp(_logsumexp(tail, self._log_w_tail),
-                             _logsumexp(centre, self._log_w_centre))
+        tail = self._cum_tail + np.cumsum(tail_log_lr(y, s, k, self._rho), axis=0)
+        centre = self._cum_centre + np.cumsum(centre_log_lr(rank, k, self._gamma), axis=0)
+        log_f = self._cum_fut - np.cumsum(tail_log_lr(y, s, k, self._rho_f)[:, 0])
+        log_e = np.logaddexp(logsumexp(tail, self._log_w_tail),
+                             logsumexp(centre, self._log_w_centre))
 
         t0 = self._decision.slices
         slice_no = np.arange(t0 + 1, t0 + n + 1)
@@ -532,8 +477,8 @@ def sequential_test(green: ArrayLike, blue: ArrayLike, *, blue_per_green: int = 
     if b.size < k * g.size:
         raise ValueError(f"sequential_test needs {k} blue latencies per green one: "
                          f"{g.size} green need {k * g.size} blue, got {b.size}")
-    log_e: list[_Floats] = []
-    log_f: list[_Floats] = []
+    log_e: list[Floats] = []
+    log_f: list[Floats] = []
     start, size = 0, 64
     while start < g.size and not judge.decision.decided:  # growing chunks: cheap early stops
         stop = min(g.size, start + size)

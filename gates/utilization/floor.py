@@ -10,11 +10,12 @@ No GPU, no samples, or too few is ``nodata`` with the reason, never a pass.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from gates._validation import LatencyInputError
@@ -31,7 +32,34 @@ __all__ = [
     "UtilizationRequirements",
     "UtilizationResult",
     "evaluate_utilization_floor",
+    "normalize_selector",
 ]
+
+# PromQL label matchers: ``name op "value"``, comma-separated, op one of = != =~ !~, the value
+# quoted with "", '' or `` (PromQL's string literals).
+_MATCHER = (r"\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"
+            r"(?:\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|`[^`]*`)\s*")
+_SELECTOR = re.compile(rf"\{{(?:{_MATCHER}(?:,{_MATCHER})*,?)?\s*\}}")
+
+
+def normalize_selector(selector: str) -> str:
+    """``selector`` as a PromQL label selector ``{...}``, or ValueError with the fix.
+
+    The bare matcher list ``color="green"`` is accepted and wrapped in braces, which is the
+    form :func:`gates.utilization.prometheus.dcgm_query` appends to the metric name (it refuses
+    anything else). Empty stays empty (every GPU the series has).
+    """
+    s = selector.strip()
+    if not s:
+        return ""
+    if not s.startswith("{") and not s.endswith("}"):
+        s = "{" + s + "}"
+    if not _SELECTOR.fullmatch(s):
+        raise ValueError(
+            f"selector {selector!r} is not a PromQL label selector: write label matchers "
+            "'name=\"value\"' (also !=, =~, !~) separated by commas, in braces or not, e.g. "
+            "'{color=\"green\", namespace=\"sd\"}'")
+    return s
 
 
 class UtilizationRequirements(BaseModel):
@@ -51,7 +79,8 @@ class UtilizationRequirements(BaseModel):
     """
 
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True,
+        allow_inf_nan=False,
     )
 
     type: Literal["utilization"] = "utilization"
@@ -61,8 +90,24 @@ class UtilizationRequirements(BaseModel):
     statistic: Literal["mean", "p10", "min"] = "mean"
     min_samples: int = Field(default=10, ge=1)
     source: Literal["nvml", "prometheus"] = "prometheus"
-    selector: str = ""
-    interval_seconds: float = Field(default=1.0, gt=0)
+    selector: str = Field("", description=(
+        "PromQL label selector for green's GPUs (source: prometheus only), e.g. "
+        "'{color=\"green\"}'; the bare form 'color=\"green\"' is read as the same."))
+    interval_seconds: float = Field(default=1.0, gt=0, le=300, description=(
+        "Sampling interval (nvml) or range-query step (prometheus), in seconds."))
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        return normalize_selector(v)
+
+    @model_validator(mode="after")
+    def _selector_needs_prometheus(self) -> UtilizationRequirements:
+        if self.selector and self.source != "prometheus":
+            raise ValueError(
+                f"selector applies to source: prometheus only (DCGM series); with source: "
+                f"{self.source} the controller samples green's own GPUs: remove the selector")
+        return self
 
 
 @dataclass(frozen=True)

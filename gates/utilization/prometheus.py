@@ -4,21 +4,22 @@ Why: in a cluster the controller cannot run NVML inside green's pods, but DCGM e
 already publishes per-GPU series. ``DCGM_FI_DEV_GPU_UTIL`` (percent) is the NVML counter;
 ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` and ``DCGM_FI_PROF_PIPE_TENSOR_ACTIVE`` (ratios 0-1,
 scaled here to percent) say how busy the engines and tensor cores really are, which is what
-separates the fp16/fused path from a generic one. A failed or empty query becomes
+separates the fp16/fused path from a generic one. Queries go through the one Prometheus client
+(:class:`gates.prometheus.PrometheusClient`, bounded reads). A failed or empty query becomes
 ``UtilizationSamples.error`` (so ``nodata``), never an exception into the controller; so does
-an answer not complete within the deadline of its exchange or larger than the size cap
-(:mod:`gates.bounded`).
+an answer not complete within the deadline of its exchange or larger than the size cap.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import httpx
 
-from gates.bounded import EXCHANGE_SECONDS, PROMETHEUS_MAX_BYTES, BoundedReadError, read_bounded
+from gates.bounded import EXCHANGE_SECONDS, PROMETHEUS_MAX_BYTES
+from gates.prometheus import PrometheusClient, PrometheusError
 from gates.utilization.samples import GpuSamples, UtilizationMetric, UtilizationSamples
 
 __all__ = ["DCGM_METRICS", "PrometheusUtilization", "dcgm_query"]
@@ -56,7 +57,7 @@ def _timestamp(t: datetime | float) -> float:
 
 
 class PrometheusUtilization:
-    """Range queries of DCGM series over a canary window.
+    """Range queries of DCGM series over a canary window, through :class:`PrometheusClient`.
 
     Args:
         base_url: Prometheus, e.g. ``http://prometheus:9090``.
@@ -74,29 +75,8 @@ class PrometheusUtilization:
         max_bytes: int = PROMETHEUS_MAX_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout_s)
-        self._timeout_s = timeout_s
-        self._max_bytes = max_bytes
-
-    def _range(self, query: str, start: float, end: float, step_s: float) -> list[Any]:
-        request = self._client.build_request(
-            "GET",
-            f"{self.base_url}/api/v1/query_range",
-            params={"query": query, "start": start, "end": end, "step": f"{step_s:g}s"},
-        )
-        response = read_bounded(
-            self._client, request, deadline_s=self._timeout_s, max_bytes=self._max_bytes
-        )
-        body = response.json()
-        if not isinstance(body, dict):
-            raise ValueError(f"HTTP {response.status_code}: not a JSON object")
-        if response.status_code != 200 or body.get("status") != "success":
-            raise ValueError(f"HTTP {response.status_code}: {body.get('error', body)}")
-        result = body["data"]["result"]
-        if not isinstance(result, list):
-            raise ValueError(f"unexpected result type {body['data'].get('resultType')!r}")
-        return result
+        self._prometheus = PrometheusClient(base_url, timeout=timeout_s, max_bytes=max_bytes,
+                                            http=client)
 
     def query(
         self,
@@ -118,26 +98,18 @@ class PrometheusUtilization:
             raise ValueError(f"empty window: start {t0} >= end {t1}")
         scale = DCGM_METRICS[metric][1]
         try:
-            series = self._range(query, t0, t1, step_s)
-            gpus = tuple(
-                GpuSamples(
-                    gpu=_gpu_id(s["metric"]),
-                    name=s["metric"].get("modelName"),
-                    utilization_pct=tuple(float(v) * scale for _, v in s["values"]),
-                )
-                for s in series
-            )
-        except (httpx.HTTPError, BoundedReadError, ValueError, KeyError, TypeError) as e:
-            return UtilizationSamples(
-                source="prometheus",
-                metric=metric,
-                gpus=(),
-                error=f"query {query!r} failed: {type(e).__name__}: {e}",
-            )
+            series = self._prometheus.query_range(query, start=t0, end=t1, step_s=step_s)
+        except PrometheusError as e:
+            return UtilizationSamples(source="prometheus", metric=metric, gpus=(),
+                                      error=f"query {query!r} failed: {e}")
+        gpus = tuple(
+            GpuSamples(gpu=_gpu_id(labels), name=labels.get("modelName"),
+                       utilization_pct=tuple(v * scale for v in values))
+            for labels, values in series
+        )
         error = None if gpus else f"query {query!r} returned no series in the window"
         return UtilizationSamples(source="prometheus", metric=metric, gpus=gpus, error=error)
 
     def close(self) -> None:
         """Close the HTTP client if this object created it."""
-        if self._owns_client:
-            self._client.close()
+        self._prometheus.close()

@@ -10,7 +10,18 @@ from typing import Annotated
 
 import typer
 
-from rollout.cli import admit, canary, compare, demo, policy, report, rollouts, snapshot
+from rollout.cli import (
+    admit,
+    canary,
+    compare,
+    demo,
+    engines,
+    matrix,
+    policy,
+    report,
+    rollouts,
+    snapshot,
+)
 from rollout.observability import LogFormat
 
 __all__ = ["app", "main"]
@@ -26,10 +37,12 @@ compare.register(app)
 canary.register(app)
 policy.register(app)
 snapshot.register(app)
+engines.register(app)
 admit.register(app)
 rollouts.register(app)
 demo.register(app)
 report.register(app)
+matrix.register(app)
 
 
 @app.callback()

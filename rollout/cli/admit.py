@@ -30,7 +30,7 @@ from rollout.cli.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from gates.capability.requirements import CapabilityReport, CapabilityRequirements
+    from gates.capability.spec import CapabilityReport, CapabilityRequirements
 
 __all__ = ["load_capability_requirements", "probe_order", "register"]
 
@@ -47,17 +47,16 @@ def load_capability_requirements(path: Path, gate: str | None = None) -> Capabil
     """
     import yaml
 
-    from gates.capability.requirements import CapabilityRequirements
+    from gates.capability.spec import CapabilityRequirements
 
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     found: list[CapabilityRequirements]
     if isinstance(data, dict) and data.get("kind") == "RolloutPolicy":
+        from gates.registry import capability_gates
         from rollout.policy.loader import load_policy
 
-        found = []
-        for g in load_policy(path).spec.gates:
-            if isinstance(g, CapabilityRequirements) and gate in (None, g.name):
-                found.append(g)
+        found = [g for g in capability_gates(load_policy(path).spec.gates)
+                 if gate in (None, g.name)]
     else:
         found = [CapabilityRequirements.model_validate(data)]
     if len(found) != 1:
@@ -87,7 +86,7 @@ def _requirements(
     """The policy's gate (or none) with the command-line requirements added."""
     import yaml
 
-    from gates.capability.requirements import CapabilityRequirements
+    from gates.capability.spec import CapabilityRequirements
 
     try:
         base = load_capability_requirements(policy, gate) if policy else CapabilityRequirements()
@@ -114,6 +113,7 @@ def _show(report: CapabilityReport, output: OutputFormat) -> None:
     typer.echo(format_table(("check", "expected", "observed", "message"), rows))
 
 
+# Long by its option declarations (typer reads them from the signature); the body is short.
 def admit_command(
     policy: Annotated[
         Path | None,
@@ -155,7 +155,8 @@ def admit_command(
     """Admit or refuse green on its capabilities; with -- COMMAND, exec it only if admitted.
     Exit 0 admitted, 1 violations, 2 bad input."""
     from gates.capability.collect import SnapshotSourceError, load_snapshot, scan_log_files
-    from gates.capability.requirements import BaselineRequiredError, check_capability
+    from gates.capability.requirements import check_capability
+    from gates.capability.spec import BaselineRequiredError
 
     req = _requirements(
         policy, gate, require_gpus, require_provider or [], forbid_provider or [], output

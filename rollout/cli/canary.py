@@ -36,6 +36,7 @@ class ImageCheckChoice(StrEnum):
     distance = "distance"
 
 
+# Long by its option declarations (typer reads them from the signature); the body is short.
 def canary_command(
     blue: Annotated[str | None, typer.Option(help="Blue (current) base URL; default: the "
                                              "policy's blue target.")] = None,
@@ -71,11 +72,13 @@ def canary_command(
         help="Latency gate: false-rollback bound.")] = None,
     max_error_rate: Annotated[float | None, typer.Option(
         help="Error-rate gate: largest acceptable fraction of failed green requests.")] = None,
-    image_check: Annotated[ImageCheckChoice, typer.Option(help=(
+    image_check: Annotated[ImageCheckChoice | None, typer.Option(help=(
         "report: compare images, never gate; equal: identical pixels required; distance: "
-        "block-luminance distance at most --max-image-distance."))] = ImageCheckChoice.report,
-    max_image_distance: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Bound for --image-check distance.")] = 0.02,
+        "block-luminance distance at most --max-image-distance; default: the policy's "
+        "outputCheck, else report."))] = None,
+    max_image_distance: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Bound for --image-check distance; default: the policy's, "
+        "else 0.02.")] = None,
     header: Annotated[list[str] | None, typer.Option(
         help="Extra request header 'Name: value' (repeatable).")] = None,
     token_file: Annotated[Path | None, typer.Option(
@@ -123,69 +126,80 @@ def canary_command(
 
 
 def _build_config(o: dict[str, Any]) -> CanaryConfig:
-    """Policy values, then flags on top.
+    """:meth:`CanaryConfig.from_spec` of the policy (or of the defaults), then flags on top.
 
     Raises:
         ValueError: inconsistent or invalid settings (a bad policy or prompt set included).
         OSError: an unreadable token file.
     """
-    from gates.canary.output_check import OutputCheckSpec
+    from dataclasses import replace
+
     from gates.canary.prompts import load_prompts
     from gates.canary.runner import CanaryConfig
     from gates.error_rate import ErrorRateGateSpec
     from gates.latency import LatencyGateSpec
-    from rollout.policy.models import CanarySpec, LimitsSpec
+    from rollout.policy.models import CanarySpec, GateSpec, LimitsSpec
 
     if o["concurrency"] is not None and o["rate"] is not None:
         raise ValueError("give --concurrency or --rate, not both")
     if o["insecure"] and o["ca_bundle"] is not None:
         raise ValueError("give --insecure or --ca-bundle, not both")
     canary, urls, limits = CanarySpec(), {"blue": None, "green": None}, LimitsSpec()
-    latency: list[LatencyGateSpec] = [LatencyGateSpec()]
-    errors = ErrorRateGateSpec()
+    gates: list[GateSpec] = [LatencyGateSpec(), ErrorRateGateSpec()]
     if o["policy"] is not None:
         from rollout.policy.loader import load_policy
 
         pol = load_policy(o["policy"]).spec
-        canary, limits = pol.canary, pol.limits
+        canary, limits, gates = pol.canary, pol.limits, list(pol.gates)
         urls = {arm: getattr(getattr(pol.targets, arm), "url", None) for arm in urls}
-        latency = [g for g in pol.gates if isinstance(g, LatencyGateSpec)]
-        errors = next((g for g in pol.gates if isinstance(g, ErrorRateGateSpec)), errors)
-    overrides = {k: v for k, v in (("quantile", o["quantile"]), ("max_ratio", o["max_ratio"]),
-                                   ("alpha", o["alpha"])) if v is not None}
-    latency = [LatencyGateSpec.model_validate({**g.model_dump(), **overrides})
-               for g in latency]
-    if o["max_error_rate"] is not None:
-        errors = ErrorRateGateSpec.model_validate(
-            {**errors.model_dump(), "max_rate": o["max_error_rate"]})
     blue, green = o["blue"] or urls["blue"], o["green"] or urls["green"]
     if blue is None or green is None:
         raise ValueError("give --blue and --green (or a policy whose targets have URLs)")
+    prompts = load_prompts(o["prompts"]).prompts if o["prompts"] is not None else None
+    config = CanaryConfig.from_spec(canary, gates, blue_url=blue, green_url=green,
+                                    max_body_bytes=limits.canary_max_bytes, prompts=prompts)
+    return replace(config, **_flag_overrides(o, config))
+
+
+def _flag_overrides(o: dict[str, Any], config: CanaryConfig) -> dict[str, Any]:
+    """The config fields the command line sets (a flag not given keeps the policy's value).
+
+    Raises:
+        ValueError: an invalid gate override.
+        OSError: an unreadable token file.
+    """
+    from gates.canary.output_check import OutputCheckSpec
+    from gates.error_rate import ErrorRateGateSpec
+    from gates.latency import LatencyGateSpec
+
+    fields = {"blue_per_green": "blue_per_green", "concurrency": "concurrency", "rate": "rate",
+              "max_requests": "max_requests", "warmup": "warmup_requests",
+              "timeout": "timeout_s", "deadline": "deadline_s", "model": "model"}
+    out: dict[str, Any] = {f: o[flag] for flag, f in fields.items() if o[flag] is not None}
+    if o["concurrency"] is not None:
+        out["rate"] = None  # a closed loop asked for: not the policy's open-loop rate
+    if o["api"] is not None:
+        out["api"] = o["api"].value
+    gate = {k: o[k] for k in ("quantile", "max_ratio", "alpha") if o[k] is not None}
+    if gate:
+        out["latency_gates"] = tuple(LatencyGateSpec.model_validate({**g.model_dump(), **gate})
+                                     for g in config.latency_gates)
+    if o["max_error_rate"] is not None:
+        out["error_gate"] = ErrorRateGateSpec.model_validate(
+            {**config.error_gate.model_dump(), "max_rate": o["max_error_rate"]})
+    if o["image_check"] is not None or o["max_image_distance"] is not None:
+        check = config.output_check
+        out["output_check"] = OutputCheckSpec(
+            mode=o["image_check"].value if o["image_check"] is not None else check.mode,
+            max_distance=o["max_image_distance"] if o["max_image_distance"] is not None
+            else check.max_distance)
     headers = [_header(h) for h in o["header"] or []]
     if o["token_file"] is not None:
         token = Path(o["token_file"]).read_text(encoding="utf-8").strip()
         headers.append(("Authorization", f"Bearer {token}"))
-    verify: bool | str = False if o["insecure"] else (
-        str(o["ca_bundle"]) if o["ca_bundle"] is not None else True)
-    prompt_set = load_prompts(o["prompts"] or canary.prompts)
-
-    def pick(flag: str, spec_value: Any) -> Any:
-        return o[flag] if o[flag] is not None else spec_value
-
-    return CanaryConfig(
-        blue_url=blue, green_url=green, prompts=tuple(prompt_set.prompts),
-        api=o["api"].value if o["api"] is not None else canary.api, model=o["model"],
-        blue_per_green=pick("blue_per_green", canary.blue_per_green),
-        concurrency=pick("concurrency", canary.concurrency), rate=o["rate"],
-        max_requests=pick("max_requests", canary.max_requests),
-        warmup_requests=pick("warmup", canary.warmup_requests),
-        timeout_s=pick("timeout", canary.timeout_seconds),
-        deadline_s=pick("deadline", canary.deadline_seconds),
-        latency_gates=tuple(latency), error_gate=errors,
-        output_check=OutputCheckSpec(mode=o["image_check"].value,
-                                     max_distance=o["max_image_distance"]),
-        headers=tuple(headers), verify=verify, seed=o["seed"],
-        max_body_bytes=limits.canary_max_bytes)
+    out.update(headers=tuple(headers), seed=o["seed"], verify=False if o["insecure"] else (
+        str(o["ca_bundle"]) if o["ca_bundle"] is not None else True))
+    return out
 
 
 def _header(text: str) -> tuple[str, str]:

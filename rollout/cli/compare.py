@@ -46,11 +46,16 @@ def compare_command(
     blue_per_green: Annotated[int, typer.Option(
         help="Sequential: K blue requests per green one (blue[K*i:K*(i+1)] pairs green[i]).")] = 1,
     fraction: Annotated[float, typer.Option(help="Kayenta: effect margin fraction.")] = 0.25,
-    confidence: Annotated[float, typer.Option(help="Kayenta: confidence level.")] = 0.98,
-    direction: Annotated[DirectionChoice, typer.Option(help="Kayenta: metric direction.")] = (
-        DirectionChoice.either),
-    tolerance: Annotated[float, typer.Option(
-        help="threshold/bootstrap: fail above max_ratio*(1+tolerance).")] = 0.1,
+    confidence: Annotated[float | None, typer.Option(help=(
+        "Kayenta: confidence level of its two-sided interval; default 1 - 2 x alpha (0.98).")
+    )] = None,
+    direction: Annotated[DirectionChoice, typer.Option(help=(
+        "Kayenta: which change fails; increase (default, as a policy's latency gate: a faster "
+        "green is no failure), decrease, or either (Kayenta's own default).")),
+    ] = DirectionChoice.increase,
+    tolerance: Annotated[float, typer.Option(help=(
+        "Explicit slack: every method allows green up to max_ratio x (1 + tolerance) x blue "
+        "(kayenta: only 1)."))] = 0.0,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="text or json.")] = (
         OutputFormat.text),
 ) -> None:

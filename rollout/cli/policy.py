@@ -28,14 +28,26 @@ def schema_document() -> dict[str, object]:
 
 @policy_app.command("validate")
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Policy YAML files.")],
+    files: Annotated[list[Path] | None, typer.Argument(
+        metavar="[POLICY]...", help="Policy YAML files (shorthand for --policy).")] = None,
+    policy: Annotated[list[Path] | None, typer.Option(
+        "--policy", help="Policy YAML file; repeat for several.")] = None,
     output: Annotated[OutputFormat, typer.Option("--output", "-o")] = OutputFormat.text,
 ) -> None:
-    """Validate policy files; report every error with its YAML path and line (exit 2)."""
+    """Validate policy files; report every error with its YAML path and line (exit 2).
+
+    Everything that would fail at run time is refused: URLs, durations, quantiles, rates,
+    selectors, method/parameter combinations, and the prompt set (resolved against the
+    policy file's directory, then read)."""
     from rollout.policy.loader import PolicyError, load_policy
 
+    paths = [*(files or ()), *(policy or ())]
+    if not paths:
+        typer.echo("give at least one policy: 'rollout policy validate --policy FILE' "
+                   "(or FILE...)", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     results = []
-    for f in files:
+    for f in paths:
         try:
             pol = load_policy(f)
             results.append({"file": str(f), "valid": True, "name": pol.metadata.name,

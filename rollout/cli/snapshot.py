@@ -93,7 +93,7 @@ def parse_providers(csv: str | None, output: OutputFormat = OutputFormat.text) -
     from pydantic import Field, TypeAdapter, ValidationError
 
     from gates.capability.ort_probe import DEFAULT_PROVIDERS
-    from gates.capability.requirements import ProviderName
+    from gates.capability.spec import ProviderName
 
     if csv is None:
         return DEFAULT_PROVIDERS

@@ -1,96 +1,47 @@
 """The ``prometheus`` metric provider: live-traffic gates from the SD servers' own metrics.
 
 PromQL over the per-colour histograms and counters that Prometheus scrapes from each server
-(``color`` label, see :mod:`rollout.local.prometheus`). Why it is a second line of evidence and
-not the judge: ``histogram_quantile`` interpolates inside buckets, so it cannot resolve a small
-tail change; canary samples carry the statistics, live metrics catch what only real traffic
-shows (errors, a collapse under load) with a tolerance that absorbs bucket interpolation.
+(``color`` label, see :mod:`rollout.local.prometheus`), through the one Prometheus client
+(:class:`gates.prometheus.PrometheusClient`). Why it is a second line of evidence and not the
+judge: ``histogram_quantile`` interpolates inside buckets, so it cannot resolve a small tail
+change; canary samples carry the statistics, live metrics catch what only real traffic shows
+(errors, a collapse under load); a gate's explicit ``tolerance`` absorbs bucket interpolation
+(the limit is :attr:`~gates.latency.LatencyGateSpec.limit`, as under every method). Which gates
+it judges (``source: prometheus`` latency gates, and each error-rate gate as ``NAME-live``) is
+the registry's answer (:mod:`gates.registry`, measurement ``prometheus``).
 
 Failure handling is explicit: an empty vector or NaN is ``nodata``; a target whose last scrape
 is older than ``stale_after_seconds`` or that is down is ``nodata`` (flagger #1011: traffic
-stopping mid-analysis went unnoticed); an unreachable Prometheus, one that does not answer a
-query completely within its deadline, or answers more than the size cap or something that is
-not a query result, is ``error``. None is a pass.
+stopping mid-analysis went unnoticed). A measurement error (Prometheus unreachable, not
+answering a query completely within its deadline, a 5xx, more than the size cap, something that
+is not a query result) is retried after its ``delay`` hint with exponential backoff, like Argo
+Rollouts' ``consecutiveErrorLimit``: only the ``consecutive_error_limit + 1``-th error in a row,
+or one whose retry would not fit in the analysis window, makes the gate ``error`` (with the
+count and the last reason). A query Prometheus rejects is ``error`` at once (a retry cannot
+fix it). None is a pass.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import httpx
-
-from gates.bounded import EXCHANGE_SECONDS, PROMETHEUS_MAX_BYTES, BoundedReadError, read_bounded
+from gates.error_rate import ErrorRateGateSpec
+from gates.gate import Gate, GateResult
 from gates.latency import LatencyGateSpec
+from gates.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailableError
+from gates.registry import Check, Measurement, checks, evaluate_live
 from gates.verdict import Verdict
-from rollout.errors import BadInputError, UnavailableError
-from rollout.machine import GateResult
 
-__all__ = ["PrometheusClient", "PrometheusProvider"]
+__all__ = ["DEFAULT_CONSECUTIVE_ERROR_LIMIT", "PrometheusClient", "PrometheusProvider"]
 
-
-class PrometheusClient:
-    """Instant queries against Prometheus' HTTP API.
-
-    Args:
-        url: Prometheus' base URL.
-        timeout: deadline of one whole query exchange (connect, headers, body), seconds.
-        max_bytes: cap on one answer's body (:mod:`gates.bounded`).
-        transport: an httpx transport (tests).
-    """
-
-    def __init__(self, url: str, *, timeout: float = EXCHANGE_SECONDS,
-                 max_bytes: int = PROMETHEUS_MAX_BYTES,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.max_bytes = max_bytes
-        self._client = httpx.Client(timeout=timeout, transport=transport)
-
-    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
-        """(labels, value) per series of an instant vector (or one scalar as a vector).
-
-        Raises:
-            UnavailableError: Prometheus did not answer completely within the deadline or
-                within the size cap, answered 5xx, or answered something that is not a query
-                result.
-            BadInputError: Prometheus rejected the query (4xx / status error).
-        """
-        request = self._client.build_request("GET", f"{self.url}/api/v1/query",
-                                             params={"query": promql})
-        try:
-            r = read_bounded(self._client, request, deadline_s=self.timeout,
-                             max_bytes=self.max_bytes)
-        except BoundedReadError as e:
-            raise UnavailableError(f"Prometheus at {self.url}: {e}") from e
-        except httpx.HTTPError as e:
-            raise UnavailableError(f"Prometheus at {self.url}: {e}") from e
-        if r.status_code >= 500:
-            raise UnavailableError(f"Prometheus at {self.url}: HTTP {r.status_code}")
-        try:
-            body = r.json()
-            if not isinstance(body, dict):
-                raise TypeError(f"a JSON {type(body).__name__}, not an object")
-            if body.get("status") != "success":
-                raise BadInputError(f"Prometheus rejected {promql!r}: {body.get('error')}")
-            data = body["data"]
-            if data["resultType"] == "scalar":
-                return [({}, float(data["result"][1]))]
-            return [(s["metric"], float(s["value"][1])) for s in data["result"]]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise UnavailableError(f"Prometheus at {self.url}: HTTP {r.status_code}, not a "
-                                   f"query result: {type(e).__name__}: {e}") from e
-
-    def value(self, promql: str) -> float:
-        """The single value of ``promql``; NaN when the vector is empty."""
-        rows = self.query(promql)
-        return rows[0][1] if rows else math.nan
-
-    def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._client.close()
+#: Measurement errors in a row a live gate tolerates (retrying) before it is ``error``
+#: (Argo Rollouts' ``consecutiveErrorLimit`` default).
+DEFAULT_CONSECUTIVE_ERROR_LIMIT = 4
+#: First retry delay when the error gives no longer hint, and the backoff's cap, seconds.
+_RETRY_DELAY_S, _MAX_RETRY_DELAY_S = 0.5, 8.0
 
 
 @dataclass(frozen=True)
@@ -100,42 +51,69 @@ class _ArmStats:
 
 
 class PrometheusProvider:
-    """Latency (``source: prometheus``) and error-rate gates on live traffic."""
+    """Live-traffic gates (:class:`rollout.metrics.base.MetricProvider`; the registry's
+    :class:`~gates.registry.LiveMetrics`).
+
+    Args:
+        client: the Prometheus client.
+        consecutive_error_limit: measurement errors in a row tolerated (each retried) before a
+            gate's verdict is ``error``.
+        sleep, clock: the retry wait and the monotonic clock (tests pass fakes).
+    """
 
     def __init__(self, client: PrometheusClient, *, stale_after_seconds: float = 10.0,
-                 min_requests: int = 10, tolerance: float = 0.15,
+                 min_requests: int = 10,
                  histogram: str = "sd_request_duration_seconds",
-                 requests_counter: str = "sd_requests_total") -> None:
+                 requests_counter: str = "sd_requests_total",
+                 consecutive_error_limit: int = DEFAULT_CONSECUTIVE_ERROR_LIMIT,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if consecutive_error_limit < 0:
+            raise ValueError(f"consecutive_error_limit must be >= 0, got {consecutive_error_limit}")
         self.client = client
         self.stale_after = stale_after_seconds
         self.min_requests = min_requests
-        self.tolerance = tolerance
         self.histogram = histogram
         self.requests_counter = requests_counter
+        self.consecutive_error_limit = consecutive_error_limit
+        self.sleep = sleep
+        self.clock = clock
         self._blue_offset = 0.0
 
-    def evaluate(self, gates: Sequence[Any], *, window_seconds: float,
+    def evaluate(self, gates: Sequence[Gate], *, window_seconds: float,
                  blue_offset_seconds: float = 0.0) -> Mapping[str, GateResult]:
-        """Live verdicts for the latency gates with ``source: prometheus`` and error-rate gates.
+        """Live verdicts for the registry's ``prometheus`` checks of ``gates``.
 
         ``blue_offset_seconds`` shifts blue's window into the past: after the switch blue gets
-        no traffic, so green is judged against blue's last window before it.
+        no traffic, so green is judged against blue's last window before it. Retries of
+        measurement errors, over all gates, end within ``window_seconds``.
         """
-        out: dict[str, GateResult] = {}
         self._blue_offset = blue_offset_seconds
-        for gate in gates:
-            if isinstance(gate, LatencyGateSpec) and gate.source == "prometheus":
-                out[gate.name] = self._guard(self._latency, gate, window_seconds)
-            elif getattr(gate, "type", None) == "error-rate":
-                out[f"{gate.name}-live"] = self._guard(self._error_rate, gate, window_seconds)
-        return out
+        deadline = self.clock() + window_seconds
+        return {c.name: self._measure(c, window_seconds, deadline)
+                for c in checks(gates, live=True, measurement=Measurement.LIVE)}
 
-    def _guard(self, fn: Any, gate: Any, window: float) -> GateResult:
-        try:
-            result: GateResult = fn(gate, window)
-        except (UnavailableError, BadInputError) as e:
-            return GateResult(Verdict.ERROR, str(e), errors=1)
-        return result
+    def _measure(self, check: Check, window: float, deadline: float) -> GateResult:
+        """One check, its measurement errors retried up to the limit and the deadline."""
+        errors, backoff = 0, _RETRY_DELAY_S
+        while True:
+            try:
+                result = evaluate_live(check, self, window)
+            except PrometheusQueryError as e:
+                return GateResult(Verdict.ERROR, str(e), errors=errors + 1)
+            except PrometheusUnavailableError as e:
+                errors += 1
+                wait = max(e.delay, backoff)
+                if errors > self.consecutive_error_limit or self.clock() + wait > deadline:
+                    return GateResult(Verdict.ERROR, f"{e} ({errors} measurement error(s) in "
+                                      f"a row, limit {self.consecutive_error_limit})",
+                                      errors=errors)
+                self.sleep(wait)
+                backoff = min(2 * backoff, _MAX_RETRY_DELAY_S)
+                continue
+            return result if not errors else GateResult(
+                result.verdict, f"{result.reason} (after {errors} measurement error(s))",
+                errors=errors, samples=result.samples, evidence=result.evidence)
 
     def _freshness(self, color: str) -> str | None:
         """Why ``color``'s data cannot be trusted now, or None."""
@@ -161,7 +139,8 @@ class PrometheusProvider:
             f"histogram_quantile({q}, sum by (le) (increase({sel}{rng})))")
         return _ArmStats(requests=count, quantile=quant)
 
-    def _latency(self, gate: LatencyGateSpec, window: float) -> GateResult:
+    def latency(self, gate: LatencyGateSpec, window: float) -> GateResult:
+        """Live quantile ratio green / blue (raises on measurement errors)."""
         for color in ("blue", "green"):
             problem = self._freshness(color)
             if problem:
@@ -179,13 +158,14 @@ class PrometheusProvider:
         if gate.ceiling_seconds is not None and green.quantile > gate.ceiling_seconds:
             return GateResult(Verdict.FAIL, f"live green {pname} {green.quantile:.3f} s > "
                               f"ceiling {gate.ceiling_seconds} s")
-        limit = gate.max_ratio * (1 + self.tolerance)
+        limit = gate.limit  # maxRatio x (1 + tolerance): one meaning (gates.latency)
         ratio = green.quantile / blue.quantile if blue.quantile > 0 else math.inf
         verdict = Verdict.FAIL if ratio > limit else Verdict.PASS
         return GateResult(verdict, f"live {pname} green {green.quantile:.3f} s / blue "
                           f"{blue.quantile:.3f} s = {ratio:.2f} (limit {limit:.2f})")
 
-    def _error_rate(self, gate: Any, window: float) -> GateResult:
+    def error_rate(self, gate: ErrorRateGateSpec, window: float) -> GateResult:
+        """Live 5xx rate of green (raises on measurement errors)."""
         problem = self._freshness("green")
         if problem:
             return GateResult(Verdict.NODATA, problem)

@@ -51,8 +51,8 @@ from rollout.errors import (
     StateConflictError,
     TemporaryError,
 )
+from rollout.k8s.client import CONFIG_MAPS, LEASES, Json, KubeClient
 from rollout.machine import RolloutStatus
-from rollout.platforms.kube import CONFIG_MAPS, LEASES, Json, KubeClient
 from rollout.store import INTENT_FLAGS, Intent, TransitionRecord
 
 __all__ = ["MAX_BYTES", "ConfigMapStatusStore", "object_name"]

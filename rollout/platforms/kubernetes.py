@@ -2,7 +2,7 @@
 
 What it does, in the order a rollout needs it (:func:`build_kubernetes` wires it up):
 
-1. **Roles.** The policy names two slots (see :mod:`~rollout.platforms.kubernetes_spec`); which
+1. **Roles.** The policy names two slots (see :mod:`~rollout.k8s.spec`); which
    one serves is read from the cluster: from the Deployments' ``rollout-gates.dev/role``
    annotations while a rollout of this name is unfinished (so a restarted controller keeps
    the roles it started with, even when traffic already moved), otherwise from the router
@@ -16,7 +16,11 @@ What it does, in the order a rollout needs it (:func:`build_kubernetes` wires it
 3. **endpoints(color)** lists the slot Service's EndpointSlices and returns one URL per ready
    pod, so canaries and capability checks reach every pod: one pod on a bad GPU node is
    caught even when the Service would hide it behind its healthy siblings.
-4. **finish(status)** after a terminal phase: on promotion swap the roles and point the
+4. **placements(color)** lists the slot's pods (by its colour label) and reads the labels of
+   each pod's node, for the version matrix's node check at admission
+   (:func:`gates.matrix.placement_violations`). Needs ``list`` on pods in the namespace and
+   ``get`` on nodes (cluster-scoped: a ClusterRole).
+5. **finish(status)** after a terminal phase: on promotion swap the roles and point the
    preview at the now idle slot; then, after the policy's scale-down delay (connections
    drain, and a rollback to the old slot stays instant meanwhile), scale the losing slot to
    zero to free its GPUs.
@@ -29,18 +33,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gates.matrix import NodePlacement
 from rollout.errors import BadInputError, NotFoundError, StateConflictError, UnavailableError
-from rollout.machine import Phase, RolloutStatus
-from rollout.platforms.base import Platform, StatusStore
-from rollout.platforms.kube import DEPLOYMENTS, ENDPOINT_SLICES, SERVICES, Json, KubeClient, connect
-from rollout.platforms.kube_store import ConfigMapStatusStore
-from rollout.platforms.kubernetes_spec import (
+from rollout.k8s.client import (
+    DEPLOYMENTS,
+    ENDPOINT_SLICES,
+    NODES,
+    PODS,
+    SERVICES,
+    Json,
+    KubeClient,
+    connect,
+)
+from rollout.k8s.spec import (
     COLOR_LABEL,
     GatewayApiRouterSpec,
     Role,
     ServiceSelectorRouterSpec,
     SlotRoles,
 )
+from rollout.machine import Phase, RolloutStatus
+from rollout.platforms.base import Platform, StatusStore
+from rollout.platforms.kube_store import ConfigMapStatusStore
 from rollout.policy.models import KubernetesTarget, NoneRouterSpec, RolloutPolicy
 from rollout.routers.base import TrafficRouter
 from rollout.routers.gateway_api import GatewayApiRouter
@@ -144,6 +158,30 @@ class KubernetesPlatform:
             raise UnavailableError(f"no ready pod behind Service {self.namespace}/{t.service} "
                                    f"({color}: slot {self.roles.slot(_role(color))})")
         return sorted(urls)
+
+    def placements(self, color: str) -> list[NodePlacement]:
+        """Every live pod of the slot playing ``color``, its node and that node's labels (a
+        node that is gone has none). Terminating and finished pods are left out."""
+        slot = self.roles.slot(_role(color))
+        pods = self.client.list_objects(PODS, self.namespace,
+                                        label_selector=f"{self.color_label}={slot}")
+        nodes: dict[str, dict[str, str]] = {}
+        out: list[NodePlacement] = []
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            phase = (pod.get("status") or {}).get("phase")
+            if meta.get("deletionTimestamp") or phase in ("Succeeded", "Failed"):
+                continue
+            node = (pod.get("spec") or {}).get("nodeName") or None
+            if node is not None and node not in nodes:
+                try:
+                    found = self.client.get(NODES, "", node)
+                except NotFoundError:
+                    found = {}
+                nodes[node] = dict((found.get("metadata") or {}).get("labels") or {})
+            out.append(NodePlacement(str(meta.get("name")), node,
+                                     nodes[node] if node is not None else {}))
+        return sorted(out, key=lambda p: p.pod)
 
     def wait_ready(self, color: str, *, timeout: float) -> None:
         """Block until the slot playing ``color`` has rolled out completely.

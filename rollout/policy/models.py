@@ -5,51 +5,95 @@ policy reads like the manifests it sits beside. Every block forbids unknown keys
 as ``maxRatoi`` must be an error with its line, not a silently ignored safety margin.
 Variants (targets, routers, gates) are discriminated unions keyed by ``type``, which is also
 the key of each extension point's registry.
+
+Everything that would fail at run time is refused here, at load, with the field's path: URLs
+(scheme and host), durations (finite, positive where zero cannot work, bounded), quantiles and
+rates, PromQL selectors, and file references. A relative ``canary.prompts`` is resolved against
+the policy file's directory: the loader passes it as the validation context ``policy_dir``
+(:data:`POLICY_DIR`); the prompt set is read and validated then, and the policy keeps its
+absolute path, so the controller runs from any working directory. ``spec.matrix.file`` (a
+``kind: VersionMatrix`` file) is read by the loader, which puts its pins inline.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from gates import bounded
 from gates.canary.output_check import OutputCheckSpec
-from gates.capability.requirements import CapabilityRequirements
+from gates.canary.prompts import DEFAULT_PROMPT_SET, PromptSetError, load_prompts, resolve_prompts
+from gates.capability.spec import CapabilityRequirements
 from gates.error_rate import ErrorRateGateSpec
 from gates.latency import LatencyGateSpec
+from gates.matrix import MatrixSpec
+from gates.registry import capability_gates
 from gates.utilization.floor import UtilizationRequirements
+from rollout.k8s.spec import GatewayApiRouterSpec, ServiceSelectorRouterSpec
 from rollout.notify import NotifySpec
-from rollout.platforms.kubernetes_spec import GatewayApiRouterSpec, ServiceSelectorRouterSpec
 
 __all__ = [
-    "API_VERSION",
-    "AdmissionSpec",
-    "CanarySpec",
-    "GateSpec",
-    "GatewayApiRouterSpec",
-    "HaproxyRouterSpec",
-    "KubernetesTarget",
-    "LimitsSpec",
-    "Metadata",
-    "MetricsSpec",
-    "NoneRouterSpec",
-    "ProcessTarget",
-    "PrometheusSourceSpec",
-    "PromotionSpec",
-    "RollbackSpec",
-    "RolloutPolicy",
-    "RolloutSpec",
-    "RouterSpec",
-    "ServiceSelectorRouterSpec",
-    "StepSpec",
-    "TargetSpec",
-    "Targets",
-    "UrlTarget",
+    "API_VERSION", "POLICY_DIR", "AdmissionSpec", "CanarySpec", "GateSpec", "GatewayApiRouterSpec",
+    "HaproxyRouterSpec", "HttpUrl", "KubernetesTarget", "LimitsSpec", "MatrixSpec", "Metadata",
+    "MetricsSpec", "NoneRouterSpec", "ProcessTarget", "PrometheusSourceSpec", "PromotionSpec",
+    "RollbackSpec", "RolloutPolicy", "RolloutSpec", "RouterSpec", "ServiceSelectorRouterSpec",
+    "StepSpec", "TargetSpec", "Targets", "UrlTarget",
 ]
 
 API_VERSION = "rollout-gates.dev/v1alpha1"
+#: Validation-context key: the directory relative file references are resolved against.
+POLICY_DIR = "policy_dir"
+
+#: Upper bounds of durations, in seconds: far above any sensible value, far below "forever".
+_HOUR = 3600.0
+_DAY = 86400.0
+
+
+def _check_url(value: str) -> str:
+    """An http(s) base URL with a host (and a valid port): what httpx will be given."""
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"URL {value!r} contains whitespace; write it without spaces")
+    try:
+        u = urlsplit(value)
+        port = u.port  # ValueError: not a number or out of range
+    except ValueError as e:
+        raise ValueError(f"URL {value!r} is malformed ({e}); write e.g. "
+                         "http://sd-blue.sd.svc:8000") from e
+    if u.scheme not in ("http", "https"):
+        raise ValueError(f"URL {value!r} must start with http:// or https://, e.g. "
+                         "http://127.0.0.1:8001")
+    if not u.hostname:
+        raise ValueError(f"URL {value!r} has no host; write e.g. http://127.0.0.1:8001")
+    if port == 0:
+        raise ValueError(f"URL {value!r}: port 0 cannot be connected to")
+    if u.query or u.fragment:
+        raise ValueError(f"URL {value!r} is a base URL: remove the query or fragment "
+                         f"({u.query or u.fragment!r}); paths are added by the controller")
+    return value
+
+
+#: An http(s) base URL, checked as :func:`_check_url` says.
+HttpUrl = Annotated[str, Field(pattern=r"^https?://", json_schema_extra={"format": "uri"}),
+                    AfterValidator(_check_url)]
+
+# Kubernetes label syntax: an optional DNS-subdomain prefix and "/", a name of <= 63 characters;
+# values <= 63 characters, alphanumeric at both ends (or empty).
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
 
 
 class _Model(BaseModel):
@@ -64,14 +108,32 @@ class Metadata(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description=(
         "DNS-1123 label: lower-case letters, digits and '-', at most 63 characters."))
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64, description=(
+        "Kubernetes-style labels, copied into every JSON webhook payload as 'labels' (and "
+        "shown in Slack messages): route or group notifications by team, model, cluster."))
+
+    @field_validator("labels")
+    @classmethod
+    def _label_syntax(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not _LABEL_KEY.fullmatch(key) or len(key) > 317:
+                raise ValueError(
+                    f"label key {key!r} is not a Kubernetes label key: [prefix/]name, name at "
+                    "most 63 characters of letters, digits, '-', '_' and '.', alphanumeric at "
+                    "both ends (e.g. team, app.kubernetes.io/name)")
+            if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
+                raise ValueError(
+                    f"label {key}: value {value!r} is not a Kubernetes label value: at most "
+                    "63 characters of letters, digits, '-', '_' and '.', alphanumeric at both "
+                    "ends (quote numbers and booleans: \"1.5\", \"true\")")
+        return v
 
 
 class UrlTarget(_Model):
     """An already running SD server reachable at ``url``."""
 
     type: Literal["url"] = "url"
-    url: str = Field(pattern=r"^https?://", description="Base URL, e.g. http://127.0.0.1:8001")
+    url: HttpUrl = Field(description="Base URL, e.g. http://127.0.0.1:8001")
 
 
 class ProcessTarget(_Model):
@@ -79,18 +141,18 @@ class ProcessTarget(_Model):
 
     type: Literal["process"] = "process"
     command: list[str] = Field(min_length=1, description="argv of the server process.")
-    url: str = Field(pattern=r"^https?://", description="Where the process will serve.")
+    url: HttpUrl = Field(description="Where the process will serve.")
     env: dict[str, str] = Field(default_factory=dict)
-    ready_timeout_seconds: float = Field(120.0, gt=0)
+    ready_timeout_seconds: float = Field(120.0, gt=0, le=_HOUR)
 
 
 class KubernetesTarget(_Model):
     """A Deployment plus the Service in front of it."""
 
     type: Literal["kubernetes"] = "kubernetes"
-    namespace: str = "default"
-    deployment: str
-    service: str
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    deployment: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    service: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
     port: int = Field(8000, ge=1, le=65535)
 
 
@@ -109,7 +171,7 @@ class HaproxyRouterSpec(_Model):
     """Weights set through HAProxy's runtime API (admin socket) and read back after each change."""
 
     type: Literal["haproxy"] = "haproxy"
-    socket: str = Field(description="Path of HAProxy's admin stats socket.")
+    socket: str = Field(min_length=1, description="Path of HAProxy's admin stats socket.")
     backend: str = "sd"
     blue_server: str = "blue"
     green_server: str = "green"
@@ -130,47 +192,93 @@ class StepSpec(_Model):
     """One traffic step: send ``weight`` percent to green, then analyse."""
 
     weight: int = Field(ge=0, le=100, description="Percent of traffic on green in this step.")
-    pause_seconds: float = Field(0.0, ge=0, description="Live-traffic soak before analysis.")
+    pause_seconds: float = Field(0.0, ge=0, le=_DAY, description=(
+        "Live-traffic soak before analysis."))
     canary: bool = Field(True, description="Run seeded canary requests during this step.")
 
 
 class CanarySpec(_Model):
     """Seeded canary requests sent to both arms in shared time slices."""
 
-    prompts: str = Field("policies/prompts/sd15-512.yaml", description="Prompt-set file.")
+    prompts: str = Field(DEFAULT_PROMPT_SET, min_length=1, description=(
+        "Prompt set: the name of a shipped set (sd15-512, sdxl-1024, tiny-64) or a YAML file, "
+        "relative to the policy file's directory (read and validated at load)."))
     api: Literal["openai", "a1111"] = "openai"
     max_requests: int = Field(600, ge=1, description="Budget of green requests per analysis.")
     concurrency: int = Field(8, ge=1, le=256, description=(
         "Requests in flight per arm (blue: K x N), each arm its own closed loop kept in step "
         "with the other: the slower arm cannot time the faster one's arrivals."))
     blue_per_green: int = Field(1, ge=1, le=64, description="K blue requests per green one.")
-    warmup_requests: int = Field(2, ge=0)
-    timeout_seconds: float = Field(120.0, gt=0)
-    deadline_seconds: float = Field(1800.0, gt=0, description=(
+    warmup_requests: int = Field(2, ge=0, le=1000)
+    timeout_seconds: float = Field(120.0, gt=0, le=_HOUR, description=(
+        "Deadline of one canary request (the whole exchange); a timeout is an error."))
+    deadline_seconds: float = Field(1800.0, gt=0, le=_DAY, description=(
         "Hard limit of one canary analysis: a green that never answers cannot hold it longer."))
-    rate: float | None = Field(None, gt=0, description=(
+    rate: float | None = Field(None, gt=0, le=1000, description=(
         "Open-loop arrivals (slices per second) instead of fixed concurrency: no coordinated "
         "omission, and no lock-step queue phases between the arms."))
     output_check: OutputCheckSpec = Field(default_factory=OutputCheckSpec, description=(
         "Same prompt and seed on both arms: compare the images (report, equal, distance)."))
 
+    @field_validator("prompts")
+    @classmethod
+    def _resolve_prompts(cls, v: str, info: ValidationInfo) -> str:
+        """With the loader's context: the file, relative to the policy, must load now."""
+        context = info.context if isinstance(info.context, dict) else {}
+        if POLICY_DIR not in context:  # a saved copy or a model built in code: as written
+            return v
+        base = Path(context[POLICY_DIR])
+        try:
+            load_prompts(v, base)
+        except PromptSetError as e:
+            raise ValueError(f"prompt set {v!r} does not load: {e}") from None
+        if Path(v).is_absolute() or _is_shipped_name(v):
+            return v
+        return str(resolve_prompts(v, base).resolve())
+
+    @model_validator(mode="after")
+    def _deadlines(self) -> CanarySpec:
+        if self.deadline_seconds < self.timeout_seconds:
+            raise ValueError(
+                f"deadlineSeconds ({self.deadline_seconds:g}) is shorter than one request's "
+                f"timeoutSeconds ({self.timeout_seconds:g}): no request could time out before "
+                "the analysis is cut off; raise deadlineSeconds or lower timeoutSeconds")
+        return self
+
+
+def _is_shipped_name(value: str) -> bool:
+    return "/" not in value and "\\" not in value and not value.endswith((".yaml", ".yml"))
+
 
 class PrometheusSourceSpec(_Model):
     """Where live metrics come from (the servers' per-colour series, ``color`` label)."""
 
-    url: str = Field(pattern=r"^https?://", description="Prometheus base URL.")
-    window_seconds: float = Field(30.0, ge=2, description=(
+    url: HttpUrl = Field(description="Prometheus base URL.")
+    window_seconds: float = Field(30.0, ge=2, le=_DAY, description=(
         "Live window judged after each step's canary or soak, and during verification."))
-    stale_after_seconds: float = Field(10.0, gt=0, description=(
+    stale_after_seconds: float = Field(10.0, gt=0, le=_HOUR, description=(
         "A colour whose last scrape is older than this is nodata (traffic stopped?)."))
-    tolerance: float = Field(0.15, ge=0, description=(
-        "Live latency slack over maxRatio: histogram buckets interpolate (see statistics)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_tolerance(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tolerance" in data:
+            raise ValueError(
+                "metrics.prometheus.tolerance was removed: it silently widened maxRatio of "
+                "live latency gates by 15%. Set tolerance on the latency gate itself (gates[] "
+                "with source: prometheus, e.g. tolerance: 0.15): the limit is then maxRatio x "
+                "(1 + tolerance), the same under every method and source")
+        return data
 
 
 class MetricsSpec(_Model):
     """Live metric sources for the gates that read them."""
 
     prometheus: PrometheusSourceSpec | None = None
+    consecutive_error_limit: int = Field(4, ge=0, le=100, description=(
+        "Measurement errors in a row a live gate retries (with backoff, within the window) "
+        "before its verdict is error; 0 judges the first error (Argo Rollouts' "
+        "consecutiveErrorLimit)."))
 
 
 GateSpec = Annotated[
@@ -185,6 +293,26 @@ class AdmissionSpec(_Model):
         "Green's execution path per module (backend, device, dtype, attention kernels, memory "
         "format, compilation, ORT providers bound), as its /capabilities reports it, must equal "
         "blue's. Turn off for a rollout that changes the path on purpose."))
+    engine_manifest: str | None = Field(None, min_length=1, description=(
+        "TensorRT engine manifest (docs/engines.md), relative to the policy file: every engine "
+        "must be present with its hash and built for green's TensorRT and compute capability, "
+        "or it would be rebuilt at load (gate engines)."))
+
+    @field_validator("engine_manifest")
+    @classmethod
+    def _resolve_manifest(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """With the loader's context: the manifest, relative to the policy, must load now."""
+        context = info.context if isinstance(info.context, dict) else {}
+        if v is None or POLICY_DIR not in context:
+            return v
+        from gates.engines import ManifestError, load_manifest
+
+        path = (Path(context[POLICY_DIR]) / v).resolve()
+        try:
+            load_manifest(path)
+        except ManifestError as e:
+            raise ValueError(f"engine manifest {v!r} ({path}) does not load: {e}") from None
+        return str(path)
 
 
 class LimitsSpec(_Model):
@@ -196,7 +324,7 @@ class LimitsSpec(_Model):
     verdict with the reason (a canary request: ``bad_payload``), never a hang.
     """
 
-    exchange_seconds: float = Field(bounded.EXCHANGE_SECONDS, gt=0, description=(
+    exchange_seconds: float = Field(bounded.EXCHANGE_SECONDS, gt=0, le=_HOUR, description=(
         "Deadline of one whole HTTP exchange (connect, headers and body) for admission reads "
         "(/readyz, /capabilities), readiness and health probes, and Prometheus queries. The "
         "canary's own per-request deadline is canary.timeoutSeconds."))
@@ -214,14 +342,14 @@ class RollbackSpec(_Model):
 
     on_inconclusive: Literal["pause", "rollback"] = Field("rollback", description=(
         "Inconclusive analysis never promotes: pause for a human, or roll back."))
-    scale_down_delay_seconds: float = Field(30.0, ge=0)
+    scale_down_delay_seconds: float = Field(30.0, ge=0, le=_DAY)
 
 
 class PromotionSpec(_Model):
     """Promotion and the verification that follows the switch."""
 
     auto: bool = True
-    verify_seconds: float = Field(0.0, ge=0, description=(
+    verify_seconds: float = Field(0.0, ge=0, le=_DAY, description=(
         "Post-switch verification window; a breach there still rolls back."))
 
 
@@ -240,6 +368,10 @@ class RolloutSpec(_Model):
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     notify: NotifySpec = Field(default_factory=NotifySpec)
+    matrix: MatrixSpec | None = Field(None, description=(
+        "The VersionMatrix green must run on (inline pins, or file: a kind VersionMatrix file "
+        "relative to this policy): checked at admission on every green snapshot and, on "
+        "Kubernetes, on the labels of every green pod's node (docs/policy.md)."))
 
     @model_validator(mode="after")
     def _check(self) -> RolloutSpec:
@@ -254,6 +386,9 @@ class RolloutSpec(_Model):
         if live and self.metrics.prometheus is None:
             raise ValueError(f"gates {', '.join(live)} read Prometheus: set "
                              "spec.metrics.prometheus.url")
+        for cap in capability_gates(self.gates):  # INT8 only behind an accuracy gate
+            if why := cap.int8_accuracy_gate_problem(self.canary.output_check.mode):
+                raise ValueError(why)
         blind = [i for i, s in enumerate(self.steps) if not s.canary]
         if blind and not live:  # nothing could judge such a step: it would always end nodata
             raise ValueError(

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gates.error_rate import ErrorRateGateSpec
-from gates.latency import LatencyGateSpec
+from gates.registry import MATRIX_CHECKS, Check, checks
 from rollout.machine import Observation, RolloutStatus
 
 if TYPE_CHECKING:
@@ -41,41 +40,28 @@ _BUILTIN_METHODS = {
                    "in /capabilities",
     "execution-path": "per-module execution path (backend, device, dtype, attention kernels, "
                       "memory format, compilation, ORT providers) equal to blue's",
+    "engines": "every TensorRT engine of spec.admission.engineManifest present with its hash "
+               "and built for each green instance's TensorRT and compute capability",
+    **MATRIX_CHECKS,
 }
 # Keys of a canary gate's evidence that are its parameters (the rest are its results).
 _PARAMETER_KEYS = frozenset({"quantile", "max_ratio", "alpha", "ceiling_seconds", "max_rate"})
 
 
-def _gate_specs(policy: RolloutPolicy | None) -> dict[str, Any]:
-    """Gate name -> policy spec; an error-rate gate also judges live traffic as ``NAME-live``."""
+def _checks(policy: RolloutPolicy | None) -> dict[str, Check]:
+    """Verdict name -> the registry's check (an error-rate gate's live one is ``NAME-live``)."""
     if policy is None:
         return {}
-    specs: dict[str, Any] = {}
-    for g in policy.spec.gates:
-        specs[g.name] = g
-        if isinstance(g, ErrorRateGateSpec):
-            specs[f"{g.name}-live"] = g
-    return specs
+    live = policy.spec.metrics.prometheus is not None
+    return {c.name: c for c in checks(policy.spec.gates, live=live)}
 
 
-def _method(name: str, spec: Any) -> str:
+def _method(name: str, check: Check | None) -> str:
     if name in _BUILTIN_METHODS:
         return _BUILTIN_METHODS[name]
-    if spec is None:
+    if check is None:
         return "unknown (no policy given to the evidence writer)"
-    if isinstance(spec, LatencyGateSpec):
-        if spec.source == "prometheus":
-            return "live latency quantile ratio from Prometheus histograms"
-        return f"{spec.method} latency test on seeded canary samples"
-    if isinstance(spec, ErrorRateGateSpec):
-        if name.endswith("-live"):
-            return "live 5xx rate from Prometheus counters"
-        return "anytime-valid error-rate e-test on canary requests"
-    if spec.type == "capability":
-        return "capability requirements checked on each green instance's snapshot"
-    if spec.type == "utilization":
-        return f"{spec.statistic} GPU utilization of every GPU against a floor"
-    return f"{spec.type} gate"
+    return check.method
 
 
 def decision_bundle(prev: RolloutStatus, nxt: RolloutStatus, obs: Observation, *,
@@ -85,21 +71,21 @@ def decision_bundle(prev: RolloutStatus, nxt: RolloutStatus, obs: Observation, *
     evidence = dict(obs.evidence)
     canary: dict[str, Any] = dict(evidence.pop("canary", None) or {})
     canary_gates = {g["name"]: g for g in canary.pop("gates", [])}
-    specs = _gate_specs(policy)
+    known = _checks(policy)
     gates: dict[str, Any] = {}
     for name, g in obs.gates.items():
-        spec = specs.get(name)
-        details = dict(canary_gates.get(name, {}))
+        check = known.get(name)
+        details = {**g.evidence, **canary_gates.get(name, {})}
         params = {k: details.pop(k) for k in list(details) if k in _PARAMETER_KEYS}
-        if spec is not None:
-            params = {**spec.model_dump(mode="json", exclude={"name", "type"}), **params}
+        if check is not None:
+            params = {**check.parameters(), **params}
         for k in ("name", "type", "verdict", "reason", "method"):
             details.pop(k, None)
         gates[name] = {
-            "method": _method(name, spec),
+            "method": _method(name, check),
             "parameters": params,
             "result": {"verdict": g.verdict.value, "reason": g.reason, "errors": g.errors,
-                       **details},
+                       "samples": g.samples, **details},
         }
     inputs: dict[str, Any] = {**evidence}
     if canary:

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from gates._validation import LatencyInputError, NoDataError
+from gates.capability.collect import execution_path
 from gates.compare import ArmSummary, summarize
 from rollout import __version__
 from rollout.report.series import ErrorBreakdown, JudgeReplay, error_breakdown, replay_judge
@@ -294,9 +295,7 @@ def _utilization(data: ReportData, plots: ModuleType | None) -> str:
 def _path_facts(pipeline: Mapping[str, Any] | None) -> dict[str, str]:
     """The execution-path facts of one instance's ``/capabilities`` pipeline: exactly those the
     analyzer's ``execution-path`` gate compares."""
-    from rollout.analysis import path_of  # one definition of "the path", shared with the gate
-
-    return {k: _fact(v) for k, v in path_of({"pipeline": pipeline or {}}).items()}
+    return {k: _fact(v) for k, v in execution_path(pipeline).items()}
 
 
 def _fact(v: object) -> str:

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from gates.canary.records import ARMS, Arm
 from gates.latency import LatencyGateSpec
 from gates.records import RecordsError
+from gates.registry import recorded_latency_gates
 from rollout.errors import BadInputError, NotFoundError
 from rollout.platforms.base import StatusStore
 from rollout.store import StateStore, TransitionRecord
@@ -250,7 +251,7 @@ def _latency_gates(canary: Mapping[str, Any]) -> tuple[LatencyGateParams, ...]:
         LatencyGateParams(name=str(g["name"]), quantile=float(g["quantile"]),
                           alpha=float(g["alpha"]), max_ratio=float(g["max_ratio"]),
                           method=str(g.get("method", "sequential")), recorded=g)
-        for g in canary.get("gates", []) if g.get("type") == "latency")
+        for g in recorded_latency_gates(canary.get("gates", [])))
 
 
 def _canary_run(state_dir: Path, name: str, h: TransitionRecord,

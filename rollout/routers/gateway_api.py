@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rollout.errors import BadInputError, NotFoundError, RouterError, StateConflictError
+from rollout.k8s.client import HTTP_ROUTES, Json, KubeClient
+from rollout.k8s.spec import GatewayApiRouterSpec, Role, SlotRoles
 from rollout.machine import Weights
-from rollout.platforms.kube import HTTP_ROUTES, Json, KubeClient
-from rollout.platforms.kubernetes_spec import GatewayApiRouterSpec, Role, SlotRoles
 
 __all__ = ["GatewayApiRouter"]
 

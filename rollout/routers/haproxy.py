@@ -21,16 +21,20 @@ be 0/0 when the target is, and a 0/0 target is refused before anything is sent.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rollout.crashpoints import crash_here
-from rollout.errors import BadInputError, RouterError, UnavailableError
+from rollout.errors import BadInputError, RouterError, TemporaryError, UnavailableError
 from rollout.machine import Weights
 
 __all__ = ["HaproxyRouter", "haproxy_command"]
 
+_log = logging.getLogger("rollout.routers.haproxy")
 _WEIGHT = re.compile(r"^(\d+) \(initial (\d+)\)")
 
 
@@ -56,13 +60,22 @@ def haproxy_command(socket_path: str | Path, command: str, *, timeout: float = 5
 
 
 class HaproxyRouter:
-    """Blue/green split between two servers of one HAProxy backend."""
+    """Blue/green split between two servers of one HAProxy backend.
+
+    One retry layer, here: a command the socket refuses or does not answer (a temporary
+    error) is sent again up to ``retries`` times, waiting its ``delay`` hint doubled per
+    attempt, so one hiccup never rolls a release back; what the controller sees is final.
+    """
 
     def __init__(self, socket_path: str | Path, backend: str = "sd", blue_server: str = "blue",
-                 green_server: str = "green") -> None:
+                 green_server: str = "green", *, retries: int = 3, base_delay: float = 0.2,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.socket_path = Path(socket_path)
         self.backend = backend
         self.servers = {"blue": blue_server, "green": green_server}
+        self.retries = retries
+        self.base_delay = base_delay
+        self.sleep = sleep
 
     def check(self) -> None:
         """The socket exists, answers, and knows both servers of the backend."""
@@ -100,15 +113,32 @@ class HaproxyRouter:
     def _name(self, color: str) -> str:
         return f"{self.backend}/{self.servers[color]}"
 
+    def _command(self, command: str, refused: Callable[[str], str | None]) -> str:
+        """Send ``command``; retry temporary failures (``refused(answer)`` names a refusal)."""
+        for attempt in range(self.retries + 1):
+            try:
+                answer = haproxy_command(self.socket_path, command)
+                if (why := refused(answer)) is not None:
+                    raise RouterError(why, delay=self.base_delay)
+                return answer
+            except TemporaryError as e:
+                if attempt == self.retries:
+                    raise
+                wait = e.delay * 2 ** attempt
+                _log.warning("HAProxy %r: %s; retry %d/%d in %.2f s", command, e, attempt + 1,
+                             self.retries, wait)
+                self.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
     def _set(self, color: str, value: int) -> None:
-        answer = haproxy_command(self.socket_path,
-                                 f"set server {self._name(color)} weight {value}")
-        if answer:
-            raise RouterError(f"HAProxy refused weight {value} for {self._name(color)}: "
-                              f"{answer}")
+        def refused(answer: str) -> str | None:
+            return f"HAProxy refused weight {value} for {self._name(color)}: {answer}" \
+                if answer else None
+
+        self._command(f"set server {self._name(color)} weight {value}", refused)
 
     def _get(self, color: str) -> int:
-        answer = haproxy_command(self.socket_path, f"get weight {self._name(color)}")
+        answer = self._command(f"get weight {self._name(color)}", lambda _: None)
         m = _WEIGHT.match(answer)
         if m is None:
             raise BadInputError(f"HAProxy does not know server {self._name(color)}: {answer} "

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from rollout.errors import BadInputError, NotFoundError, RouterError
+from rollout.k8s.client import SERVICES, Json, KubeClient
+from rollout.k8s.spec import Role, ServiceSelectorRouterSpec, SlotRoles
 from rollout.machine import Weights
-from rollout.platforms.kube import SERVICES, Json, KubeClient
-from rollout.platforms.kubernetes_spec import Role, ServiceSelectorRouterSpec, SlotRoles
 
 __all__ = ["ServiceSelectorRouter"]
 

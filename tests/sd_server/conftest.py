@@ -58,9 +58,10 @@ def generic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
 
 @pytest.fixture(scope="session")
 def ort_server(onnx_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The ORT UNet asked for CUDA on a CPU-only onnxruntime, served with --allow-degraded."""
+    """The ORT UNet asked for CUDA on a CPU-only onnxruntime, served with --allow-degraded,
+    with ORT runtime settings (a CUDA arena cap that cannot take effect, no CPU arena)."""
     log = tmp_path_factory.mktemp("ort") / "server.log"
-    server = start_server([*ORT_CUDA_ARGS, "--allow-degraded", "--onnx-cache", str(onnx_cache)],
-                          log)
+    server = start_server([*ORT_CUDA_ARGS, "--allow-degraded", "--onnx-cache", str(onnx_cache),
+                           "--ort-gpu-mem-limit", "2GiB", "--ort-no-cpu-mem-arena"], log)
     yield server
     server.stop()

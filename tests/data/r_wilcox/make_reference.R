@@ -1,5 +1,5 @@
 #!/usr/bin/env Rscript
-# Reference values for tests/test_mannwhitney.py: R's own wilcox.test(x = green, y = blue,
+# Reference values for tests/gates/test_mannwhitney.py: R's own wilcox.test(x = green, y = blue,
 # conf.int = TRUE, ...) on fixed-seed latency samples.
 #
 # Regenerate (from the repository root; needs only base R, no packages):

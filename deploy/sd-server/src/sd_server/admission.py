@@ -30,6 +30,7 @@ from gates.capability import (
     check_capability,
 )
 from gates.capability.snapshot import CPU_PROVIDER
+from gates.registry import capability_gates
 from sd_server.config import ServerConfig, UnetBackend
 
 if TYPE_CHECKING:  # torch and diffusers load after preflight, which must stay quick
@@ -76,8 +77,7 @@ def load_requirements(path: Path) -> list[CapabilityRequirements]:
             policy = load_policy(path)
         except PolicyError as e:
             raise PolicyInputError(str(e)) from e
-        gates: list[object] = list(policy.spec.gates)
-        return [g for g in gates if isinstance(g, CapabilityRequirements)]
+        return list(capability_gates(policy.spec.gates))
     try:
         return [CapabilityRequirements.model_validate(data)]
     except ValidationError as e:

@@ -45,6 +45,7 @@ from gates.capability import (
     Violation,
     capabilities_document,
 )
+from gates.engines import cache_listing, engines_built, startup_build_violations
 from sd_server import __version__
 from sd_server.admission import EXIT_REFUSED, path_violations
 from sd_server.batching import Batcher, JobResult, QueueFullError, ServerClosingError
@@ -161,6 +162,8 @@ class ServerState:
 
     async def start(self, on_fatal: Callable[[], None]) -> None:
         """Load, self-test, judge the path; on refusal or error ask the server to exit."""
+        cache = self.cfg.path.ort_runtime.trt_cache_dir
+        cached = cache_listing(cache) if cache is not None else {}
         try:
             engine = await asyncio.to_thread(Engine.load, self.cfg.path)
             self.report = engine.describe()
@@ -177,8 +180,12 @@ class ServerState:
             self._export_path(self.report)
             if self.report.device_uuid:
                 self.metrics.nvml.serving_uuids = (self.report.device_uuid,)
+            # An engine built while loading or self-testing: the shipped engines do not match
+            # this runtime, and every cold start pays the build (docs/engines.md).
+            built = engines_built(cached, cache_listing(cache)) if cache is not None else []
             self.violations = (*self.preflight, *path_violations(
-                self.cfg, self.requirements, self.report, self.self_test, engine.fallback_reason))
+                self.cfg, self.requirements, self.report, self.self_test, engine.fallback_reason),
+                *startup_build_violations(built=built))
         except Exception as e:
             log.exception("start-up failed")
             self.phase, self.error, self.exit_code = Phase.FAILED, f"{type(e).__name__}: {e}", 1
@@ -217,24 +224,26 @@ class ServerState:
                 for n, m in self.report.modules.items()}
 
     def capabilities(self) -> dict[str, Any]:
-        doc = capabilities_document(self.snapshot)
-        doc.update(
+        """The ``/capabilities`` body, validated by the one model the analyzer reads it with
+        (:class:`gates.capability.collect.CapabilitiesDocument`)."""
+        return capabilities_document(
+            self.snapshot,
+            pipeline=self.report.to_json() if self.report else None,
+            degraded=self.degraded,
+            violations=[v.model_dump(mode="json") for v in self.violations],
+            fault_injection=self.faults.settings(),
+            # The server's own facts: kept as they are (the document allows extra keys).
             server={"name": "sd-server", "version": __version__},
             phase=self.phase.value,
             model=self.cfg.path.model,
             requested=_jsonable(asdict(self.cfg.path)),
-            pipeline=self.report.to_json() if self.report else None,
-            degraded=self.degraded,
-            violations=[v.model_dump(mode="json") for v in self.violations],
             self_test=_jsonable(asdict(self.self_test)) if self.self_test else None,
-            fault_injection=self.faults.settings(),
             batching=asdict(self.cfg.batching),
             limits=asdict(self.cfg.limits),
             defaults=asdict(self.defaults) if self.defaults else None,
             auth_required=self.cfg.auth_token is not None,
             error=self.error,
         )
-        return doc
 
 
 def _jsonable(value: Any) -> Any:
@@ -323,63 +332,66 @@ def _a1111_body(req: A1111Request, spec: GenerationSpec, items: list[Item],
             "timings": timings}
 
 
+async def _generate(state: ServerState, request: Request, endpoint: str, model: type[Any],
+                    render: Callable[..., dict[str, Any]]) -> Response:
+    """One generation request of either API: authorize, validate, batch, answer."""
+    metrics = state.metrics
+    started = time.monotonic()
+    try:
+        _authorize(state, request)
+        if state.phase is not Phase.READY or state.batcher is None or state.defaults is None:
+            raise ApiError(503, "not_ready", f"not ready ({state.phase.value})",
+                           headers={"Retry-After": "5"})
+        data = await _read_json(request, state.cfg.limits.max_body_bytes)
+        try:
+            req = model.model_validate(data)
+        except ValidationError as e:
+            message, param = describe_validation_error(e)
+            raise ApiError(400, "validation", message, param) from e
+        try:
+            spec, items = to_job(req, state.cfg.limits, state.defaults)
+        except RequestError as e:
+            raise ApiError(e.status, "validation", str(e), e.param) from e
+        try:
+            result = await _unless_client_leaves(request, state.batcher.submit(spec, items))
+        except ClientClosedError as e:
+            raise ApiError(499, "client_closed", str(e)) from e
+        except QueueFullError as e:
+            raise ApiError(503, "queue_full", f"{e}; retry after {e.retry_after_s} s",
+                           headers={"Retry-After": str(e.retry_after_s)}) from e
+        except ServerClosingError as e:
+            raise ApiError(503, "not_ready", str(e), headers={"Retry-After": "5"}) from e
+        except Exception as e:
+            kind = error_kind(e)
+            log.warning("generation failed (%s): %s", kind, e)
+            raise ApiError(500, kind, f"{type(e).__name__}: {e}") from e
+    except ApiError as e:
+        metrics.errors.labels(kind=e.kind).inc()
+        metrics.requests.labels(endpoint=endpoint, code=str(e.status)).inc()
+        return e.response()
+    total = time.monotonic() - started
+    timings = _timings(result, total)
+    images = [base64.b64encode(png).decode() for png in result.images]
+    body = render(req, spec, items, images, timings)
+    metrics.request_seconds.observe(total)
+    metrics.images.inc(len(images))
+    metrics.requests.labels(endpoint=endpoint, code="200").inc()
+    server_timing = (f"queue;dur={result.queue_s * 1e3:.1f}, "
+                     f"inference;dur={result.inference_s * 1e3:.1f}, "
+                     f"total;dur={total * 1e3:.1f}")
+    return JSONResponse(body, headers={"Server-Timing": server_timing,
+                                       "X-Batch-Images": str(result.batch_images)})
+
+
 def create_app(state: ServerState, on_fatal: Callable[[], None]) -> Starlette:
     """The ASGI app; its lifespan starts loading in the background and stops the batcher."""
     metrics = state.metrics
 
-    async def generate(request: Request, endpoint: str, model: type[Any],
-                       render: Callable[..., dict[str, Any]]) -> Response:
-        started = time.monotonic()
-        try:
-            _authorize(state, request)
-            if state.phase is not Phase.READY or state.batcher is None or state.defaults is None:
-                raise ApiError(503, "not_ready", f"not ready ({state.phase.value})",
-                               headers={"Retry-After": "5"})
-            data = await _read_json(request, state.cfg.limits.max_body_bytes)
-            try:
-                req = model.model_validate(data)
-            except ValidationError as e:
-                message, param = describe_validation_error(e)
-                raise ApiError(400, "validation", message, param) from e
-            try:
-                spec, items = to_job(req, state.cfg.limits, state.defaults)
-            except RequestError as e:
-                raise ApiError(e.status, "validation", str(e), e.param) from e
-            try:
-                result = await _unless_client_leaves(request, state.batcher.submit(spec, items))
-            except ClientClosedError as e:
-                raise ApiError(499, "client_closed", str(e)) from e
-            except QueueFullError as e:
-                raise ApiError(503, "queue_full", f"{e}; retry after {e.retry_after_s} s",
-                               headers={"Retry-After": str(e.retry_after_s)}) from e
-            except ServerClosingError as e:
-                raise ApiError(503, "not_ready", str(e), headers={"Retry-After": "5"}) from e
-            except Exception as e:
-                kind = error_kind(e)
-                log.warning("generation failed (%s): %s", kind, e)
-                raise ApiError(500, kind, f"{type(e).__name__}: {e}") from e
-        except ApiError as e:
-            metrics.errors.labels(kind=e.kind).inc()
-            metrics.requests.labels(endpoint=endpoint, code=str(e.status)).inc()
-            return e.response()
-        total = time.monotonic() - started
-        timings = _timings(result, total)
-        images = [base64.b64encode(png).decode() for png in result.images]
-        body = render(req, spec, items, images, timings)
-        metrics.request_seconds.observe(total)
-        metrics.images.inc(len(images))
-        metrics.requests.labels(endpoint=endpoint, code="200").inc()
-        server_timing = (f"queue;dur={result.queue_s * 1e3:.1f}, "
-                         f"inference;dur={result.inference_s * 1e3:.1f}, "
-                         f"total;dur={total * 1e3:.1f}")
-        return JSONResponse(body, headers={"Server-Timing": server_timing,
-                                           "X-Batch-Images": str(result.batch_images)})
-
     async def openai(request: Request) -> Response:
-        return await generate(request, "openai", OpenAIImageRequest, _openai_body)
+        return await _generate(state, request, "openai", OpenAIImageRequest, _openai_body)
 
     async def a1111(request: Request) -> Response:
-        return await generate(request, "a1111", A1111Request, _a1111_body)
+        return await _generate(state, request, "a1111", A1111Request, _a1111_body)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "phase": state.phase.value})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,13 +30,14 @@ from sd_server.config import (
     DType,
     FaultConfig,
     Limits,
+    OrtRuntime,
     PathConfig,
     ServerConfig,
     UnetBackend,
 )
 
 if TYPE_CHECKING:
-    from gates.capability import Violation
+    from gates.capability import CapabilitySnapshot, Violation
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -68,6 +70,57 @@ def _providers(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("give at least one provider")
     return names
+
+
+def _byte_size(text: str) -> int:
+    """``8589934592``, ``8GiB``, ``512MiB``, ``8G`` -> bytes."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?)?b?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"expected bytes like 8GiB or 8589934592, got {text!r}")
+    value = int(float(m.group(1)) * units[(m.group(2) or "").lower()])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 byte, got {text!r}")
+    return value
+
+
+def _add_ort_runtime(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "ONNX Runtime settings (--unet-backend onnxruntime; reported in /capabilities)")
+    g.add_argument("--ort-arena-extend-strategy", default=None,
+                   choices=["kNextPowerOfTwo", "kSameAsRequested"],
+                   help="CUDA arena growth (default: ORT's, kNextPowerOfTwo)")
+    g.add_argument("--ort-gpu-mem-limit", type=_byte_size, default=None,
+                   help="cap of the CUDA arena, bytes or 8GiB (default: unlimited)")
+    g.add_argument("--ort-cudnn-conv-algo-search", default=None,
+                   choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
+                   help="cuDNN convolution algorithm search (default: ORT's, EXHAUSTIVE)")
+    g.add_argument("--ort-no-cpu-mem-arena", action="store_true",
+                   help="SessionOptions.enable_cpu_mem_arena = False")
+    g.add_argument("--ort-trt-cache", type=Path, default=None,
+                   help="TensorRT EP engine and timing cache directory (enables both)")
+    g.add_argument("--ort-trt-fp16", action="store_true", help="TensorRT EP trt_fp16_enable")
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("batching and limits")
+    g.add_argument("--max-batch", type=_positive_int, default=8, help="images per pipeline call")
+    g.add_argument("--max-wait-ms", type=_non_negative, default=25.0,
+                   help="how long the oldest request may wait for a batch to fill")
+    g.add_argument("--queue-size", type=_positive_int, default=64,
+                   help="waiting requests before 503")
+    g.add_argument("--min-side", type=_positive_int, default=Limits.min_side)
+    g.add_argument("--max-side", type=_positive_int, default=Limits.max_side)
+    g.add_argument("--max-steps", type=_positive_int, default=Limits.max_steps)
+    g.add_argument("--max-images", type=_positive_int, default=Limits.max_images,
+                   help="n / batch_size per request")
+    g.add_argument("--max-prompt-chars", type=_positive_int, default=Limits.max_prompt_chars)
+    g.add_argument("--max-body-bytes", type=_positive_int, default=Limits.max_body_bytes)
+    g.add_argument("--default-size", type=_positive_int, default=None,
+                   help="image side when a request gives none (default: the model's native)")
+    g.add_argument("--default-steps", type=_positive_int, default=None,
+                   help=f"default: 4 for {MODEL_TINY}, else 25")
+    g.add_argument("--default-guidance", type=_non_negative, default=7.5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,25 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where exported ONNX UNets are kept (default ~/.cache/sd-server/onnx)")
     g.add_argument("--threads", type=_positive_int, default=None, help=(
         "CPU threads for torch and ONNX Runtime; pin it for bit-reproducible CPU images"))
+    _add_ort_runtime(p)
 
-    g = p.add_argument_group("batching and limits")
-    g.add_argument("--max-batch", type=_positive_int, default=8, help="images per pipeline call")
-    g.add_argument("--max-wait-ms", type=_non_negative, default=25.0,
-                   help="how long the oldest request may wait for a batch to fill")
-    g.add_argument("--queue-size", type=_positive_int, default=64,
-                   help="waiting requests before 503")
-    g.add_argument("--min-side", type=_positive_int, default=Limits.min_side)
-    g.add_argument("--max-side", type=_positive_int, default=Limits.max_side)
-    g.add_argument("--max-steps", type=_positive_int, default=Limits.max_steps)
-    g.add_argument("--max-images", type=_positive_int, default=Limits.max_images,
-                   help="n / batch_size per request")
-    g.add_argument("--max-prompt-chars", type=_positive_int, default=Limits.max_prompt_chars)
-    g.add_argument("--max-body-bytes", type=_positive_int, default=Limits.max_body_bytes)
-    g.add_argument("--default-size", type=_positive_int, default=None,
-                   help="image side when a request gives none (default: the model's native)")
-    g.add_argument("--default-steps", type=_positive_int, default=None,
-                   help=f"default: 4 for {MODEL_TINY}, else 25")
-    g.add_argument("--default-guidance", type=_non_negative, default=7.5)
+    _add_limits(p)
 
     g = p.add_argument_group("admission")
     g.add_argument("--require-gpu", action="store_true",
@@ -191,6 +228,14 @@ def _config(a: argparse.Namespace, default_steps: int, token: str | None) -> Ser
             unet_backend=a.unet_backend,
             ort_providers=a.ort_providers,
             onnx_cache_dir=a.onnx_cache,
+            ort_runtime=OrtRuntime(
+                arena_extend_strategy=a.ort_arena_extend_strategy,
+                gpu_mem_limit=a.ort_gpu_mem_limit,
+                cudnn_conv_algo_search=a.ort_cudnn_conv_algo_search,
+                cpu_mem_arena=not a.ort_no_cpu_mem_arena,
+                trt_cache_dir=a.ort_trt_cache,
+                trt_fp16=a.ort_trt_fp16,
+            ),
             threads=a.threads,
             weights_seed=a.weights_seed,
         ),
@@ -232,6 +277,24 @@ def _refuse(what: str, violations: Sequence[Violation]) -> None:
           f"(--allow-degraded serves anyway and reports it):\n{lines}", file=sys.stderr)
 
 
+def _preflight_snapshot(cfg: ServerConfig) -> CapabilitySnapshot:
+    """This process's capability snapshot; the ORT probe session gets the UNet's providers and
+    runtime settings, so the snapshot records the settings the server runs with."""
+    import torch
+
+    from gates.capability import DEFAULT_PROVIDERS, collect_local
+
+    if cfg.path.threads is not None:
+        torch.set_num_threads(cfg.path.threads)
+    ort = cfg.path.unet_backend is UnetBackend.ORT
+    runtime = cfg.path.ort_runtime
+    return collect_local(
+        cfg.path.ort_providers if ort else DEFAULT_PROVIDERS,
+        provider_options=runtime.provider_options() if ort else None,
+        session_options=runtime.session_options() if ort else None,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server; returns the process exit status (see the module docstring)."""
     cfg = config_from_args(argv)
@@ -252,14 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sd-server: {e}", file=sys.stderr)
         return 2
 
-    import torch
-
-    from gates.capability import DEFAULT_PROVIDERS, collect_local
-
-    if cfg.path.threads is not None:
-        torch.set_num_threads(cfg.path.threads)
-    ort = cfg.path.unet_backend is UnetBackend.ORT
-    snapshot = collect_local(cfg.path.ort_providers if ort else DEFAULT_PROVIDERS)
+    snapshot = _preflight_snapshot(cfg)
     preflight = preflight_violations(snapshot, reqs)
     if preflight and not cfg.admission.allow_degraded:
         _refuse("start", preflight)

@@ -21,6 +21,7 @@ __all__ = [
     "Device",
     "FaultConfig",
     "Limits",
+    "OrtRuntime",
     "PathConfig",
     "ServerConfig",
     "UnetBackend",
@@ -61,6 +62,45 @@ class UnetBackend(StrEnum):
 
 
 @dataclass(frozen=True)
+class OrtRuntime:
+    """ONNX Runtime settings of the UNet session (``None``: ORT's default).
+
+    They reach ORT as provider options (CUDA: ``arena_extend_strategy``, ``gpu_mem_limit``,
+    ``cudnn_conv_algo_search``; TensorRT: its engine and timing caches) and session options
+    (``enable_cpu_mem_arena``); the probe session of the capability snapshot gets the same, and
+    both report what ORT says is in effect.
+    """
+
+    arena_extend_strategy: str | None = None
+    gpu_mem_limit: int | None = None
+    cudnn_conv_algo_search: str | None = None
+    cpu_mem_arena: bool = True
+    trt_cache_dir: Path | None = None
+    trt_fp16: bool = False
+
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """Per provider name, the options this configuration sets (strings, as ORT takes)."""
+        cuda: dict[str, str] = {}
+        if self.arena_extend_strategy is not None:
+            cuda["arena_extend_strategy"] = self.arena_extend_strategy
+        if self.gpu_mem_limit is not None:
+            cuda["gpu_mem_limit"] = str(self.gpu_mem_limit)
+        if self.cudnn_conv_algo_search is not None:
+            cuda["cudnn_conv_algo_search"] = self.cudnn_conv_algo_search
+        trt: dict[str, str] = {"trt_fp16_enable": "True"} if self.trt_fp16 else {}
+        if self.trt_cache_dir is not None:
+            path = str(self.trt_cache_dir)
+            trt.update(trt_engine_cache_enable="True", trt_engine_cache_path=path,
+                       trt_timing_cache_enable="True", trt_timing_cache_path=path)
+        out = {"CUDAExecutionProvider": cuda, "TensorrtExecutionProvider": trt}
+        return {name: opts for name, opts in out.items() if opts}
+
+    def session_options(self) -> dict[str, bool]:
+        """``SessionOptions`` attributes this configuration sets."""
+        return {} if self.cpu_mem_arena else {"enable_cpu_mem_arena": False}
+
+
+@dataclass(frozen=True)
 class PathConfig:
     """The requested execution path (the loader reports what it actually got)."""
 
@@ -74,6 +114,7 @@ class PathConfig:
     unet_backend: UnetBackend = UnetBackend.TORCH
     ort_providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     onnx_cache_dir: Path | None = None
+    ort_runtime: OrtRuntime = field(default_factory=OrtRuntime)
     threads: int | None = None
     weights_seed: int = 0
 

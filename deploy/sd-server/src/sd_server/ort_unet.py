@@ -8,6 +8,12 @@ warnings captured while creating it, and where the I/O binding actually lives.
 
 The graph is exported from the fp32 torch UNet once (torch's TorchScript exporter, opset 17) and
 cached on disk under a key of the model, its config and the library versions.
+
+Its runtime settings (CUDA arena strategy, ``gpu_mem_limit``, ``cudnn_conv_algo_search``, the
+TensorRT engine cache, the CPU arena) come from the command line (:class:`OrtRuntime`) and are
+read back from the session (``get_provider_options()``, ``get_session_options()``) into
+:class:`OrtBinding`, which ``/capabilities`` reports. Inputs are always bound in place
+(I/O binding); host buffers are ordinary, not pinned, memory.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-__all__ = ["OrtBinding", "OrtUNet", "export_unet", "onnx_cache_key"]
+__all__ = ["OrtBinding", "OrtUNet", "export_unet", "onnx_cache_key", "session_settings"]
 
 _OPSET = 17
 _INPUTS = ("sample", "timestep", "encoder_hidden_states")
@@ -42,6 +49,12 @@ class OrtBinding:
     io_device: str
     warnings: tuple[str, ...]
     onnx_path: str
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    session_options: dict[str, Any] = field(default_factory=dict)
+    io_binding: bool = True
+    pinned_memory: bool = False
+    build_info: str | None = None
+    ort_device: str | None = None
 
     @property
     def cpu_fallback(self) -> bool:
@@ -49,6 +62,24 @@ class OrtBinding:
         wanted_accel = any(p != _CPU_EP for p in self.requested)
         bound_accel = any(p != _CPU_EP for p in self.bound)
         return wanted_accel and not bound_accel
+
+
+#: Session options read back into :attr:`OrtBinding.session_options`.
+_SESSION_KEYS = ("enable_cpu_mem_arena", "enable_mem_pattern", "intra_op_num_threads",
+                 "inter_op_num_threads", "graph_optimization_level", "execution_mode")
+
+
+def session_settings(session: Any) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """What ORT says is in effect: provider options (defaults filled in) and session options."""
+    opts = session.get_session_options()
+    session_opts: dict[str, Any] = {}
+    for key in _SESSION_KEYS:
+        value = getattr(opts, key, None)
+        if value is not None:
+            session_opts[key] = value if isinstance(value, bool | int) else str(value)
+    providers = {p: {k: str(v) for k, v in o.items()}
+                 for p, o in session.get_provider_options().items()}
+    return providers, session_opts
 
 
 class _Exportable(torch.nn.Module):
@@ -135,6 +166,18 @@ def export_unet(unet: UNet2DConditionModel, directory: Path) -> Path:
     return target
 
 
+def _provider_args(providers: tuple[str, ...], options: Mapping[str, Mapping[str, str]],
+                   index: int) -> list[Any]:
+    """``InferenceSession``'s provider list: names, or (name, options) where options are set."""
+    out: list[Any] = []
+    for p in providers:
+        opts = dict(options.get(p, {}))
+        if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            opts = {"device_id": str(index), **opts}
+        out.append((p, opts) if opts else p)
+    return out
+
+
 class OrtUNet(torch.nn.Module):
     """Drop-in replacement for the pipeline's UNet that runs an ONNX Runtime session.
 
@@ -153,6 +196,8 @@ class OrtUNet(torch.nn.Module):
         device: torch.device,
         dtype: torch.dtype,
         threads: int | None = None,
+        provider_options: Mapping[str, Mapping[str, str]] | None = None,
+        session_options: Mapping[str, bool] | None = None,
     ) -> None:
         super().__init__()
         import onnxruntime as ort
@@ -164,10 +209,10 @@ class OrtUNet(torch.nn.Module):
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        for key, value in (session_options or {}).items():
+            setattr(options, key, value)
         index = device.index or 0
-        provider_args: list[Any] = [
-            (p, {"device_id": index}) if p == "CUDAExecutionProvider" else p for p in providers
-        ]
+        provider_args = _provider_args(providers, provider_options or {}, index)
         with warnings.catch_warnings(record=True) as caught:
             # "always": Python's default filter shows this warning once per call site, so a
             # second session in the same process would otherwise fall back in silence.
@@ -178,6 +223,8 @@ class OrtUNet(torch.nn.Module):
         bound = tuple(self._session.get_providers())
         on_gpu = device.type == "cuda" and any(p != _CPU_EP for p in bound)
         self._io_device = torch.device(device.type, index) if on_gpu else torch.device("cpu")
+        in_effect, session_opts = session_settings(self._session)
+        build_info = getattr(ort, "get_build_info", None)
         self.binding = OrtBinding(
             requested=providers,
             bound=bound,
@@ -185,6 +232,10 @@ class OrtUNet(torch.nn.Module):
             io_device=str(self._io_device),
             warnings=tuple(str(w.message) for w in caught),
             onnx_path=str(onnx_path),
+            provider_options=in_effect,
+            session_options=session_opts,
+            build_info=build_info() if callable(build_info) else None,
+            ort_device=ort.get_device(),
         )
 
     @property

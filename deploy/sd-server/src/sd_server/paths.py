@@ -128,6 +128,8 @@ def apply(
             device=device,
             dtype=dtype,
             threads=cfg.threads,
+            provider_options=cfg.ort_runtime.provider_options(),
+            session_options=cfg.ort_runtime.session_options(),
         )
     pipe.to(device=device, dtype=dtype)
     if cfg.channels_last:
