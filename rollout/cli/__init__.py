@@ -16,6 +16,7 @@ from rollout.cli import (
     compare,
     demo,
     engines,
+    image,
     matrix,
     policy,
     report,
@@ -38,6 +39,7 @@ canary.register(app)
 policy.register(app)
 snapshot.register(app)
 engines.register(app)
+image.register(app)
 admit.register(app)
 rollouts.register(app)
 demo.register(app)
