@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fakes import url_policy
 
 from gates.bounded import (
     BoundedReadError,
@@ -195,20 +196,13 @@ def test_async_read_is_cut_at_its_deadline_or_its_cap(
 
 def admit(blue: RawServer, green: RawServer, tmp_path: Path, limits: str) -> tuple[
         dict[str, tuple[Verdict, str]], float]:
-    policy = parse_policy(f"""
-apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: adm}}
-spec:
-  targets:
-    blue: {{type: url, url: "{blue.url}"}}
-    green: {{type: url, url: "{green.url}"}}
+    policy = parse_policy(url_policy("adm", blue.url, green.url, f"""
   steps: [{{weight: 0}}]
   limits: {limits}
   gates:
     - {{type: capability, name: versions, fingerprint: same-as-blue}}
     - {{type: latency}}
-""")
+"""))
 
     class Targets:
         def endpoints(self, color: str) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import url_policy
 
 from gates.verdict import Verdict
 from rollout.analysis import PolicyAnalyzer
@@ -73,20 +74,13 @@ def blue() -> Iterator[Instance]:
 
 
 def admit(blue: Instance, green: list[Instance], tmp_path: Path) -> dict[str, Any]:
-    policy = parse_policy(f"""
-apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: adm}}
-spec:
-  targets:
-    blue: {{type: url, url: "{blue.url}"}}
-    green: {{type: url, url: "{green[0].url}"}}
-  steps: [{{weight: 0}}]
-  admission: {{samePathAsBlue: true}}
+    policy = parse_policy(url_policy("adm", blue.url, green[0].url, """
+  steps: [{weight: 0}]
+  admission: {samePathAsBlue: true}
   gates:
-    - {{type: capability, name: versions, fingerprint: same-as-blue}}
-    - {{type: latency}}
-""")
+    - {type: capability, name: versions, fingerprint: same-as-blue}
+    - {type: latency}
+"""))
     analyzer = PolicyAnalyzer(policy, Targets(blue, green),  # type: ignore[arg-type]
                               records_dir=tmp_path)
     obs = analyzer.admit(RolloutStatus(name="adm", plan=Plan(weights=(0,))))
@@ -133,16 +127,7 @@ ABORT = "abort requested by user"
 
 def analyzer(blue_url: str, green_url: str, tmp_path: Path, spec: str,
              **kw: Any) -> PolicyAnalyzer:
-    policy = parse_policy(f"""
-apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: stop}}
-spec:
-  targets:
-    blue: {{type: url, url: "{blue_url}"}}
-    green: {{type: url, url: "{green_url}"}}
-{spec}
-""")
+    policy = parse_policy(url_policy("stop", blue_url, green_url, spec + "\n"))
 
     class Urls:
         def endpoints(self, color: str) -> list[str]:
@@ -232,20 +217,13 @@ def test_policy_engine_manifest_and_matrix_are_judged_at_admission(
         model="sd15", component="unet", resolution="512x512", precision="fp16")))
     green = Instance(FAST)
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(f"""
-apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: adm}}
-spec:
-  targets:
-    blue: {{type: url, url: "{blue.url}"}}
-    green: {{type: url, url: "{green.url}"}}
-  steps: [{{weight: 0}}]
-  admission: {{samePathAsBlue: false, engineManifest: engines/manifest.json}}
-  matrix: {{cudnn: "8"}}
+    policy_file.write_text(url_policy("adm", blue.url, green.url, """
+  steps: [{weight: 0}]
+  admission: {samePathAsBlue: false, engineManifest: engines/manifest.json}
+  matrix: {cudnn: "8"}
   gates:
-    - {{type: latency}}
-""")
+    - {type: latency}
+"""))
     policy = load_policy(policy_file)  # the manifest resolves against the policy's directory
     assert policy.spec.admission.engine_manifest == str(manifest.resolve())
     obs = PolicyAnalyzer(policy, Targets(blue, [green]),  # type: ignore[arg-type]

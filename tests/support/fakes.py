@@ -53,3 +53,12 @@ def serve_text(render: Callable[[], str],
     server = _Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def url_policy(name: str, blue: str, green: str, spec: str) -> str:
+    """A RolloutPolicy document whose targets are the two URLs; ``spec`` is the rest of its
+    ``spec`` block, indented by two spaces."""
+    return (f"apiVersion: rollout-gates.dev/v1alpha1\nkind: RolloutPolicy\n"
+            f"metadata: {{name: {name}}}\nspec:\n  targets:\n"
+            f"    blue: {{type: url, url: \"{blue}\"}}\n"
+            f"    green: {{type: url, url: \"{green}\"}}\n{spec}")
