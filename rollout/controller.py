@@ -27,6 +27,7 @@ process with SIGKILL at that point: the crash tests use it.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -221,14 +222,20 @@ class Controller:
         return status
 
 
-def stop_probe(store: StatusStore, name: str) -> Callable[[], str | None]:
+def stop_probe(store: StatusStore, name: str, *, every_s: float = 0.25,
+               clock: Callable[[], float] = time.monotonic) -> Callable[[], str | None]:
     """For a running analysis: the reason to stop now if an abort or rollback of rollout
-    ``name`` is pending (the canary asks between slices, so an abort acts within one slice)."""
+    ``name`` is pending (the canary asks between slices, so an abort acts within one slice).
+
+    The store is read at most once per ``every_s``: the canary asks from its event loop many
+    times a second, and a store read there would sit on the timing path of measured requests.
+    """
     from rollout.machine import Plan
 
     status = RolloutStatus(name=name, plan=Plan(weights=(0,)))  # only its name is read
+    last: list[tuple[float, str | None]] = []
 
-    def probe() -> str | None:
+    def read() -> str | None:
         try:
             flagged, _ = store.pending_intents(status)
         except RolloutError:
@@ -238,6 +245,12 @@ def stop_probe(store: StatusStore, name: str) -> Callable[[], str | None]:
         if flagged.rollback_requested:
             return "rollback requested by user"
         return None
+
+    def probe() -> str | None:
+        now = clock()
+        if not last or now - last[0][0] >= every_s:
+            last[:] = [(now, read())]
+        return last[0][1]
     return probe
 
 

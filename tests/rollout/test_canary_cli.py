@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import typer
+from fakes import url_policy
 from typer.testing import CliRunner
 
 from gates.canary.loopback import LoopbackBehaviour, LoopbackServer
@@ -100,20 +101,14 @@ def test_policy_settings_and_text_output_with_progress(servers: tuple[str, str],
                                                        tmp_path: Path) -> None:
     blue, green = servers
     policy = tmp_path / "p.yaml"
-    policy.write_text(f"""apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: t}}
-spec:
-  targets:
-    blue: {{type: url, url: "{blue}"}}
-    green: {{type: url, url: "{green}"}}
+    policy.write_text(url_policy("t", blue, green, f"""
   steps: [{{weight: 0}}]
   canary: {{prompts: "{TINY}", api: a1111, maxRequests: 12, concurrency: 3,
            warmupRequests: 0, timeoutSeconds: 5}}
   gates:
     - {{type: latency, name: p90, quantile: 0.9}}
     - {{type: error-rate, maxRate: 0.2, minRequests: 5}}
-""")
+"""))
     r = runner.invoke(app, ["canary", "--policy", str(policy), "--progress",
                             "--records", str(tmp_path / "rec")])
     assert r.exit_code == 3, r.output  # 12 slices cannot promote on latency
@@ -150,14 +145,7 @@ def test_policy_canary_is_the_analyzers_canary(tmp_path: Path) -> None:
 
     prompts = Path(__file__).resolve().parents[2] / "policies/prompts/tiny-64.yaml"
     path = tmp_path / "policy.yaml"
-    path.write_text(f"""
-apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: same}}
-spec:
-  targets:
-    blue: {{type: url, url: "http://127.0.0.1:18001"}}
-    green: {{type: url, url: "http://127.0.0.1:18002"}}
+    path.write_text(url_policy("same", "http://127.0.0.1:18001", "http://127.0.0.1:18002", f"""
   steps: [{{weight: 50}}]
   canary:
     prompts: "{prompts}"
@@ -170,7 +158,7 @@ spec:
     - {{type: latency, name: p95, maxRatio: 1.2}}
     - {{type: latency, name: live-p95, source: prometheus}}
     - {{type: error-rate, maxRate: 0.02}}
-""", encoding="utf-8")
+"""), encoding="utf-8")
     policy = load_policy(path)
 
     class Urls:

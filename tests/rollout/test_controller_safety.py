@@ -83,7 +83,7 @@ class AbortDuringAnalysis(ScriptedAnalyzer):
     def __init__(self, store: StateStore) -> None:
         super().__init__(iter([Verdict.PASS] * 10))
         self.store = store
-        self.stop: Callable[[], str | None] = stop_probe(store, "demo")
+        self.stop: Callable[[], str | None] = stop_probe(store, "demo", every_s=0.0)
         self.seen: list[str | None] = []
 
     def analyze(self, status: RolloutStatus, step: int) -> Observation:
@@ -152,3 +152,22 @@ def test_a_corrupt_store_is_an_error_that_names_the_file(tmp_path: Path, damage:
                             "empty": b""}[damage])
     with pytest.raises(StoreCorruptError, match=str(store.path)):
         StateStore(tmp_path).load("demo")
+
+
+def test_the_stop_probe_reads_the_store_at_most_once_per_interval(tmp_path: Path) -> None:
+    """The canary asks many times a second from its event loop: the store is read at most
+    every ``every_s``, and a pending abort is seen at the next read."""
+    class CountingStore(StateStore):
+        reads = 0
+
+        def pending_intents(self, status: RolloutStatus) -> tuple[RolloutStatus, list[int]]:
+            CountingStore.reads += 1
+            return super().pending_intents(status)
+
+    store, now = CountingStore(tmp_path), [0.0]
+    probe = stop_probe(store, "demo", every_s=0.25, clock=lambda: now[0])
+    assert [probe() for _ in range(20)] == [None] * 20 and CountingStore.reads == 1
+    store.request("demo", "abort")
+    assert probe() is None  # not read again yet
+    now[0] = 0.3
+    assert probe() == "abort requested by user" and CountingStore.reads == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import url_policy
 from typer.testing import CliRunner
 
 from gates.canary.prompts import load_prompts, resolve_prompts, shipped_prompt_sets
@@ -320,19 +321,12 @@ def test_int8_is_refused_at_load_without_the_canary_accuracy_gate(tmp_path: Path
 
     def policy(mode: str) -> Path:
         path = tmp_path / f"int8-{mode}.yaml"
-        path.write_text(f"""
-apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: int8}}
-spec:
-  targets:
-    blue: {{type: url, url: "http://127.0.0.1:8001"}}
-    green: {{type: url, url: "http://127.0.0.1:8002"}}
+        path.write_text(url_policy("int8", "http://127.0.0.1:8001", "http://127.0.0.1:8002", f"""
   steps: [{{weight: 0}}]
   canary: {{outputCheck: {{mode: {mode}}}}}
   gates:
     - {{type: capability, name: ort, ort: {{allowInt8: true}}}}
-""")
+"""))
         return path
 
     with pytest.raises(PolicyError, match="allowInt8"):
