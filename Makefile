@@ -35,12 +35,16 @@ schema: $(STAMP)
 	$(BIN)/rollout policy schema > policies/schema.json
 	$(BIN)/rollout snapshot schema > policies/capability-snapshot.schema.json
 
-# HAProxy and Prometheus come from Debian's packages; installed here when missing.
+# HAProxy and Prometheus (the local platform), buildah/mmdebstrap/skopeo (real image builds),
+# lua5.4 (Argo CD's health check), hey and wrk (the load floor) come from Debian's packages;
+# installed here when missing.
+SYSTEM_TOOLS := haproxy prometheus buildah mmdebstrap skopeo lua5.4 hey wrk
 system-deps:
-	@command -v haproxy >/dev/null && command -v prometheus >/dev/null || { \
-	  command -v apt-get >/dev/null || { echo "install haproxy and prometheus (Debian/Ubuntu packages) first" >&2; exit 2; }; \
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	[ -z "$$missing" ] || { \
+	  command -v apt-get >/dev/null || { echo "install these Debian/Ubuntu packages first: $$missing" >&2; exit 2; }; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq haproxy prometheus; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; }
 
 # SCENARIO=healthy|cpu-fallback|ort-fallback|generic-attention|tail-latency|errors
 demo: $(STAMP) system-deps

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_ALLOW_TESTS",
     "AuditPolicy",
     "CheckName",
+    "ImageSpec",
     "Violation",
     "glob_match",
 ]
@@ -92,6 +93,10 @@ class AuditPolicy(BaseModel):
         extra = self.allow_weights if check == "weights" else (
             self.allow_tests if check == "tests" else ())
         return any(glob_match(p, path) for p in (*self.allow.get(check, ()), *extra))
+
+
+class ImageSpec(AuditPolicy):
+    """``spec.image`` of a rollout policy: the audit budget green's image is held to."""
 
 
 class Violation(BaseModel):

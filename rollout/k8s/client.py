@@ -56,10 +56,12 @@ __all__ = [
     "CONFIG_MAPS",
     "DEPLOYMENTS",
     "ENDPOINT_SLICES",
+    "EVENTS",
     "HTTP_ROUTES",
     "LEASES",
     "NODES",
     "PODS",
+    "ROLLOUT_POLICIES",
     "SERVICES",
     "AccessDeniedError",
     "Json",
@@ -121,6 +123,9 @@ HTTP_ROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRou
 PODS = Resource("", "v1", "pods", "Pod")
 #: Cluster-scoped: pass any namespace (it is ignored), e.g. ``client.get(NODES, "", name)``.
 NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+EVENTS = Resource("", "v1", "events", "Event")
+#: Our custom resource: the policy document itself, with the controller's status subresource.
+ROLLOUT_POLICIES = Resource("rollout-gates.dev", "v1alpha1", "rolloutpolicies", "RolloutPolicy")
 
 
 @dataclass(frozen=True)

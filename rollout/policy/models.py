@@ -38,6 +38,7 @@ from gates.canary.output_check import OutputCheckSpec
 from gates.canary.prompts import DEFAULT_PROMPT_SET, PromptSetError, load_prompts, resolve_prompts
 from gates.capability.spec import CapabilityRequirements
 from gates.error_rate import ErrorRateGateSpec
+from gates.image.policy import ImageSpec
 from gates.latency import LatencyGateSpec
 from gates.matrix import MatrixSpec
 from gates.registry import capability_gates
@@ -372,6 +373,9 @@ class RolloutSpec(_Model):
         "The VersionMatrix green must run on (inline pins, or file: a kind VersionMatrix file "
         "relative to this policy): checked at admission on every green snapshot and, on "
         "Kubernetes, on the labels of every green pod's node (docs/policy.md)."))
+    image: ImageSpec | None = Field(None, description=(
+        "What green's image is audited against (pull-size budget, forbidden contents, "
+        "library pins, signature): docs/images.md."))
 
     @model_validator(mode="after")
     def _check(self) -> RolloutSpec:
