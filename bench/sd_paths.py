@@ -114,6 +114,8 @@ class Plan:
     onnx_cache: Path
     deadline: float
     out: Path
+    server_path: str = "fast"
+    concurrencies: tuple[int, ...] = ()
     records: list[Record] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -206,8 +208,23 @@ def measure_extrapolated(engine: Any, name: str, wl: Workload) -> Record:
     return _summarize(rec, wl.batch)
 
 
+#: The ``ort-same`` path's CUDA arena: grow by what is asked, capped (the talk's remedy for the
+#: default ``kNextPowerOfTwo`` arena that may take the whole GPU).
+ORT_SAME_LIMIT = 24 * 2**30
+#: sd-server flags per path the server section can run (the direct rows' configuration).
+SERVER_FLAGS: dict[str, list[str]] = {
+    "fast": ["--dtype", "fp16", "--channels-last"],
+    "ort": ["--dtype", "fp16", "--unet-backend", "onnxruntime",
+            "--ort-providers", "CUDAExecutionProvider,CPUExecutionProvider"],
+    "ort-same": ["--dtype", "fp16", "--unet-backend", "onnxruntime",
+                 "--ort-providers", "CUDAExecutionProvider,CPUExecutionProvider",
+                 "--ort-arena-extend-strategy", "kSameAsRequested",
+                 "--ort-gpu-mem-limit", str(ORT_SAME_LIMIT)],
+}
+
+
 def path_configs(plan: Plan) -> dict[str, Any]:
-    from sd_server.config import Attention, Device, DType, PathConfig, UnetBackend
+    from sd_server.config import Attention, Device, DType, OrtRuntime, PathConfig, UnetBackend
 
     device = Device(plan.device)
     fast_dtype = DType.FP32 if plan.device == "cpu" else DType.FP16
@@ -220,6 +237,11 @@ def path_configs(plan: Plan) -> dict[str, Any]:
         "ort": replace(fast, unet_backend=UnetBackend.ORT, channels_last=False,
                        ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
                        onnx_cache_dir=plan.onnx_cache),
+        "ort-same": replace(fast, unet_backend=UnetBackend.ORT, channels_last=False,
+                            ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+                            onnx_cache_dir=plan.onnx_cache,
+                            ort_runtime=OrtRuntime(arena_extend_strategy="kSameAsRequested",
+                                                   gpu_mem_limit=ORT_SAME_LIMIT)),
         "cpu": replace(fast, device=Device.CPU, dtype=DType.FP32, channels_last=False),
     }
 
@@ -300,7 +322,9 @@ def running_server(plan: Plan, max_batch: int, log: Path) -> Iterator[str]:
 
         args += ["--dtype", "fp32", "--threads", str(torch.get_num_threads())]
     else:
-        args += ["--dtype", "fp16", "--channels-last"]
+        args += SERVER_FLAGS[plan.server_path]
+    if plan.server_path.startswith("ort"):
+        args += ["--onnx-cache", str(plan.onnx_cache)]
     with log.open("ab") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -373,11 +397,12 @@ def static_batches(direct: dict[int, float], count: int) -> dict[int, dict[str, 
 def run_server(plan: Plan) -> None:
     base = [w for w in plan.workloads if w.side == plan.workloads[0].side
             and w.steps == plan.workloads[0].steps]
+    path = plan.server_path
     fast = {r.batch: r for r in plan.records
-            if r.section == "direct" and r.path == "fast" and r.p50_s and not r.extrapolated
+            if r.section == "direct" and r.path == path and r.p50_s and not r.extrapolated
             and r.workload in {w.label for w in base}}
     if not fast:
-        plan.meta["server_skipped"] = "no direct fast-path timings in this run to compare with"
+        plan.meta["server_skipped"] = f"no direct {path} timings in this run to compare with"
         return
     log = _stem(plan).with_suffix(".server.log")
     side, steps = base[0].side, base[0].steps
@@ -393,7 +418,7 @@ def run_server(plan: Plan) -> None:
                 for b in sorted(fast):
                     if b > plan.max_batch:
                         continue
-                    rec = Record("server", "fast", Workload(side, steps, b).label, b)
+                    rec = Record("server", path, Workload(side, steps, b).label, b)
                     inference: list[float] = []
                     with gpu_watch(rec, plan.device == "cuda"):
                         rec.calls = [_post(url, side, steps, b, 7 + i, inference)
@@ -407,18 +432,19 @@ def run_server(plan: Plan) -> None:
                     print(_row(rec), flush=True)
                     write_results(plan)
             wl = Workload(side, steps, 1)
-            rec = Record("server", f"fast, {plan.concurrency} concurrent, {label}",
-                         wl.label, 1)
-            with gpu_watch(rec, plan.device == "cuda"):
-                latencies, wall = _concurrent(url, wl, plan.concurrency)
-            rec.calls = latencies
-            rec.p50_s, rec.p95_s = _percentile(latencies, 50), _percentile(latencies, 95)
-            rec.images_per_s = plan.concurrency / wall
-            rec.s_per_image = wall / plan.concurrency
-            plan.records.append(rec)
-            compare[f"concurrent_{label}_p95_s"] = round(rec.p95_s, 4)
-            print(_row(rec), flush=True)
-            write_results(plan)
+            for count in plan.concurrencies or (plan.concurrency,):
+                rec = Record("server", f"{path}, {count} concurrent, {label}", wl.label, 1)
+                with gpu_watch(rec, plan.device == "cuda"):
+                    latencies, wall = _concurrent(url, wl, count)
+                rec.calls = latencies
+                rec.p50_s, rec.p95_s = _percentile(latencies, 50), _percentile(latencies, 95)
+                rec.images_per_s = count / wall
+                rec.s_per_image = wall / count
+                plan.records.append(rec)
+                if count == plan.concurrency:
+                    compare[f"concurrent_{label}_p95_s"] = round(rec.p95_s, 4)
+                print(_row(rec), flush=True)
+                write_results(plan)
     static = static_batches({b: r.p50_s for b, r in fast.items() if r.p50_s}, plan.concurrency)
     best = min(static.items(), key=lambda kv: kv[1]["p95_s"])
     compare["static_batches"] = static
@@ -538,9 +564,14 @@ def build_plan(argv: Sequence[str] | None = None) -> Plan:
     p.add_argument("--smoke", action="store_true",
                    help="tiny model on the CPU: checks the harness, measures nothing useful")
     p.add_argument("--paths", default=None,
-                   help="comma list of fast,compile,generic,ort,cpu "
+                   help="comma list of fast,compile,generic,ort,ort-same,cpu "
                         "(default: all but compile for --smoke, else all)")
     p.add_argument("--no-server", action="store_true", help="skip the server section")
+    p.add_argument("--server-path", choices=sorted(SERVER_FLAGS), default="fast", help=(
+        "the path the server section runs (its direct rows must be in --paths)"))
+    p.add_argument("--concurrencies", default=None, help=(
+        "comma list of simultaneous-arrival counts for the server section (default: "
+        "--concurrency only); the first equal to --concurrency feeds the acceptance"))
     p.add_argument("--model", default=None, help="default sd15-arch (smoke: tiny)")
     p.add_argument("--workloads", default=None, help=(
         "comma list of SIDExSTEPSxBATCH (default 512x25x1,512x25x4,512x25x8,1024x50x1); "
@@ -573,7 +604,7 @@ def build_plan(argv: Sequence[str] | None = None) -> Plan:
     except (TypeError, ValueError):
         p.error(f"--workloads: expected SIDExSTEPSxBATCH items, got {a.workloads!r}")
     names = [x.strip() for x in paths.split(",") if x.strip()]
-    unknown = set(names) - {"fast", "compile", "generic", "ort", "cpu"}
+    unknown = set(names) - {"fast", "compile", "generic", "ort", "ort-same", "cpu"}
     if unknown:
         p.error(f"unknown paths: {sorted(unknown)}")
     a.out.mkdir(parents=True, exist_ok=True)
@@ -581,7 +612,9 @@ def build_plan(argv: Sequence[str] | None = None) -> Plan:
     return Plan(smoke=a.smoke, model=model, device=device, workloads=parsed, paths=names,
                 reps=a.reps or 3, concurrency=a.concurrency or (4 if a.smoke else 16),
                 server=not a.no_server, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
-                onnx_cache=onnx_cache, deadline=time.monotonic() + a.time_budget_s, out=a.out)
+                onnx_cache=onnx_cache, deadline=time.monotonic() + a.time_budget_s, out=a.out,
+                server_path=a.server_path,
+                concurrencies=tuple(int(c) for c in (a.concurrencies or "").split(",") if c))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
