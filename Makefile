@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= healthy
 
-.PHONY: install system-deps lint typecheck test demo bench-judge schema clean
+.PHONY: install system-deps lint typecheck test demo bench-judge schema images clean
 
 $(STAMP): pyproject.toml deploy/sd-server/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,13 @@ $(STAMP): pyproject.toml deploy/sd-server/pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check rollout gates tests bench deploy/sd-server
+	$(BIN)/ruff check rollout gates tests bench deploy/sd-server deploy/images
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	cd deploy/sd-server && ../../$(BIN)/mypy
+	$(BIN)/mypy --strict deploy/images/build.py
 
 test: lint typecheck system-deps
 	OMP_NUM_THREADS=1 $(BIN)/pytest
@@ -34,6 +35,7 @@ test: lint typecheck system-deps
 schema: $(STAMP)
 	$(BIN)/rollout policy schema > policies/schema.json
 	$(BIN)/rollout snapshot schema > policies/capability-snapshot.schema.json
+	$(BIN)/rollout policy crd > deploy/k8s/base/crd.yaml
 
 # HAProxy and Prometheus (the local platform), buildah/mmdebstrap/skopeo (real image builds),
 # lua5.4 (Argo CD's health check), hey and wrk (the load floor) come from Debian's packages;
@@ -52,6 +54,12 @@ demo: $(STAMP) system-deps
 
 bench-judge: $(STAMP)
 	$(BIN)/python bench/judge.py --reps 500 --out bench/results/judge.md
+
+# Real images without a daemon: a cached mmdebstrap Debian base, buildah (chroot isolation),
+# OCI archives in build/images/. IMAGES=controller builds one.
+IMAGES ?=
+images: system-deps
+	$(PYTHON) deploy/images/build.py $(IMAGES) --out build/images
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

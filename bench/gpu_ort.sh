@@ -4,7 +4,10 @@
 # The GPU machine's image has ONNX Runtime's CPU build only and no network, so the GPU build
 # (onnxruntime-gpu 1.31.1, built for CUDA 13, which the image's torch ships) travels in pieces
 # that fit the device tool's 64 MiB per call, and is unpacked here against torch's CUDA 13 and
-# cuDNN 9 libraries. Pieces, made on the workstation (see docs/gpu.md):
+# cuDNN 9 libraries. Pieces, made on the workstation: `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 --platform manylinux_2_28_x86_64 onnxruntime-gpu==1.31.1` (and the deps
+# below), the CUDA provider library taken out of the wheel and `xz -6`, split in <= 55 MiB parts,
+# each carried in one call and copied to $ORTW:
 #   $ORTW/deps/*.whl          pydantic, diffusers, ... (what the project needs beyond the image)
 #   $ORTW/ort_rest.zip        the onnxruntime-gpu wheel without its CUDA provider library
 #   $ORTW/cuda.so.xz.N        libonnxruntime_providers_cuda.so, xz-compressed, split in order

@@ -12,7 +12,13 @@ trickles or floods its ``/capabilities`` is an ``error`` verdict, never a hang),
   on a bad node is caught) and blue's for ``same-as-blue`` pins;
 * with ``spec.matrix`` (:func:`matrix_gates`): ``version-matrix``, every instance's snapshot
   against the matrix, and on a platform that knows its pods' nodes (Kubernetes)
-  ``version-matrix-nodes``, every green pod's node by its GPU Feature Discovery labels.
+  ``version-matrix-nodes``, every green pod's node by its GPU Feature Discovery labels;
+* with ``spec.image`` (:func:`image_gate`): ``image``, the image green declares it runs (its
+  snapshot's ``image`` block) audited (``spec.image.archive``, whose digest must be green's) and,
+  with ``requireSignature``, signed for its identity by a trusted key.
+
+Every admission also records :func:`release_evidence` (green's image, snapshot and path, blue's
+image) under ``evidence["release"]``: what :mod:`rollout.baselines` keeps per digest.
 
 :func:`admission_gates` composes them; :meth:`rollout.analysis.PolicyAnalyzer.admit` does the
 reads (between which it may be interrupted) and calls it.
@@ -39,6 +45,7 @@ from gates.capability import (
 from gates.capability.collect import CapabilitiesDocument
 from gates.capability.spec import Violation
 from gates.gate import GateResult
+from gates.image.policy import ImageSpec
 from gates.matrix import (
     MATRIX_GATE,
     MATRIX_NODES_GATE,
@@ -51,8 +58,11 @@ from gates.verdict import Verdict
 from rollout.errors import RolloutError
 from rollout.policy.models import LimitsSpec
 
-__all__ = ["InstanceRead", "PlacementSource", "admission_gates", "capability_gate",
-           "matrix_gates", "read_endpoint", "same_path", "self_report"]
+__all__ = ["IMAGE_GATE", "InstanceRead", "PlacementSource", "admission_gates", "capability_gate",
+           "image_gate", "matrix_gates", "read_endpoint", "release_evidence", "same_path",
+           "self_report"]
+
+IMAGE_GATE = "image"
 
 
 @runtime_checkable
@@ -69,12 +79,17 @@ def admission_gates(ready: Mapping[str, InstanceRead], docs: Mapping[str, Instan
                     same_path_as_blue: bool, evidence: dict[str, Any],
                     matrix: MatrixSpec | None = None,
                     platform: object | None = None,
-                    engine_manifest: str | None = None) -> dict[str, GateResult]:
+                    engine_manifest: str | None = None,
+                    image: ImageSpec | None = None) -> dict[str, GateResult]:
     """Every admission gate's verdict from the reads of green's instances (``ready`` and
     ``docs``, by URL) and of blue's ``/capabilities`` (``None`` when nothing needs it); with
     a ``matrix``, its checks (:func:`matrix_gates`; ``platform`` for the node check); with an
-    ``engine_manifest``, the ``engines`` gate (:func:`engines_gate`)."""
+    ``engine_manifest``, the ``engines`` gate (:func:`engines_gate`); with ``image``
+    (``spec.image``), the ``image`` gate (:func:`image_gate`)."""
     gates: dict[str, GateResult] = {"green-ready": self_report(ready, docs, evidence)}
+    evidence["release"] = release_evidence(docs, blue)
+    if image is not None and (verdict := image_gate(image, docs, evidence)) is not None:
+        gates[IMAGE_GATE] = verdict
     if same_path_as_blue and blue is not None:
         gates["execution-path"] = same_path(blue, docs, evidence)
     if matrix is not None:
@@ -266,3 +281,129 @@ def matrix_gates(matrix: MatrixSpec, docs: Mapping[str, InstanceRead], platform:
             out[MATRIX_NODES_GATE] = judge_placements(matrix, placements)
             evidence["version_matrix_nodes"] = dict(out[MATRIX_NODES_GATE].evidence)
     return out
+
+
+def _image(read: InstanceRead) -> dict[str, Any] | None:
+    """The ``image`` block of an instance's snapshot (``None``: not declared, or unreadable)."""
+    try:
+        facts = read.snapshot().image
+    except SnapshotSourceError:
+        return None
+    return None if facts is None else facts.model_dump(mode="json", exclude_none=True)
+
+
+def release_evidence(docs: Mapping[str, InstanceRead],
+                     blue: InstanceRead | None) -> dict[str, Any]:
+    """Which release green is and blue was: each colour's declared image and, when green
+    declares a digest, its first instance's snapshot and execution path (what a baseline of
+    that digest keeps; without a digest there is nothing to key it by)."""
+    green: dict[str, Any] = {}
+    first = next(iter(docs.values()), None)
+    if first is not None and (image := _image(first)) is not None:
+        green["image"] = image
+        if image.get("digest") and first.doc is not None:
+            green["snapshot"] = first.doc.snapshot
+            green["pipeline"] = (first.body or {}).get("pipeline")
+    out: dict[str, Any] = {"green": green}
+    if blue is not None and (image := _image(blue)) is not None:
+        out["blue"] = {"image": image}
+    return out
+
+
+def image_gate(spec: ImageSpec, docs: Mapping[str, InstanceRead],
+               evidence: dict[str, Any]) -> GateResult | None:
+    """``image``: green's declared image digest, the same on every instance, audited against
+    ``spec`` (the local ``archive``, whose manifest digest must be green's: a re-tagged or
+    rebuilt image is refused) and, with ``requireSignature``, signed for ``identity`` (default:
+    green's declared reference) by one of ``keys``, the signature found under ``signatures``.
+
+    ``None`` (no gate) when green declares no image and no signature is required: there is
+    nothing to bind an audit to; ``nodata`` when green declares one but ``spec`` has neither
+    an archive nor ``requireSignature``. A policy file that cannot be used (archive unreadable,
+    gpg missing) is an ``error`` verdict; neither is ever a pass.
+    """
+    from gates.image.audit import AuditSummary, audit
+    from gates.image.reader import ImageError
+    from gates.image.signing import SignatureError, image_manifest
+
+    declared: dict[str, dict[str, Any] | None] = {}
+    for url, read in docs.items():
+        try:
+            facts = read.snapshot().image
+        except SnapshotSourceError as e:
+            return GateResult(Verdict.ERROR, str(e), 1)
+        declared[url] = None if facts is None else facts.model_dump(mode="json")
+    bad = [f"{url}: {d['error']}" for url, d in declared.items() if d and d.get("error")]
+    missing = [url for url, d in declared.items() if not d or not d.get("digest")]
+    digests = {url: d["digest"] for url, d in declared.items() if d and d.get("digest")}
+    if bad:
+        return GateResult(Verdict.FAIL, "green declares a malformed image digest: "
+                          + "; ".join(bad))
+    if not digests and not spec.require_signature:
+        evidence["image"] = {"skipped": "green declares no image (ROLLOUT_IMAGE_DIGEST)"}
+        return None
+    if missing:
+        return GateResult(Verdict.FAIL, (
+            f"{', '.join(missing)}: green does not declare the image it runs "
+            "(ROLLOUT_IMAGE_DIGEST unset), so its image cannot be audited or its signature "
+            "checked"))
+    if len(set(digests.values())) > 1:
+        return GateResult(Verdict.FAIL, "green's instances run different images: " + "; ".join(
+            f"{url} {d}" for url, d in digests.items()))
+    digest = next(iter(digests.values()))
+    ref = next((d.get("ref") for d in declared.values() if d and d.get("ref")), None)
+    record: dict[str, Any] = {"digest": digest, "ref": ref}
+    evidence["image"] = record
+    problems: list[str] = []
+    manifest: bytes | None = None
+    try:
+        if spec.archive is not None:
+            archive_digest, manifest = image_manifest(spec.archive)
+            if archive_digest != digest:
+                manifest = None
+                problems.append(f"green runs {digest}, but spec.image.archive is "
+                                f"{archive_digest} (re-tagged, or another build)")
+            else:
+                report = audit(spec.archive, spec)
+                record["audit"] = AuditSummary.of(report).model_dump(mode="json")
+                problems += [f"[{v.check}] {v.message}" for v in report.violations]
+        if spec.require_signature:
+            problems += _signature_problems(spec, digest, ref, manifest, record)
+    except (ImageError, SignatureError) as e:
+        return GateResult(Verdict.ERROR, f"spec.image cannot be checked: {e}", 1)
+    if problems:
+        return GateResult(Verdict.FAIL, f"image {digest}: " + "; ".join(problems))
+    done = [f"audited ({spec.archive})" if "audit" in record else "",
+            f"signed for {record['identity']}" if spec.require_signature else ""]
+    if not any(done):  # declared, but nothing to check it with: never a pass
+        return GateResult(Verdict.NODATA, (
+            f"image {digest} declared, but spec.image has neither an archive to audit nor "
+            "requireSignature: nothing to check it with"))
+    return GateResult(Verdict.PASS, f"image {digest} " + " and ".join(d for d in done if d))
+
+
+def _signature_problems(spec: ImageSpec, digest: str, ref: str | None, manifest: bytes | None,
+                        record: dict[str, Any]) -> list[str]:
+    """Why ``digest`` is not signed as ``spec.identity`` (default: green's ``ref``) by one of
+    ``spec.keys`` under ``spec.signatures`` (with ``manifest``: skopeo checks it too); each
+    signature's check goes to ``record``.
+
+    Raises:
+        gates.image.signing.SignatureError: gpg/skopeo missing, a key file unreadable.
+    """
+    from gates.image.signing import check_signatures, find_signatures
+
+    identity = spec.identity or ref
+    if identity is None or spec.signatures is None:
+        return ["no identity to check the signature for: set spec.image.identity or "
+                "ROLLOUT_IMAGE_REF on green"]
+    record["identity"] = identity
+    found = find_signatures(Path(spec.signatures), identity, digest)
+    if not found:
+        return [f"unsigned: no signature for {digest} as {identity} under {spec.signatures}"]
+    checks = check_signatures(found, digest=digest, identity=identity,
+                              keys=[Path(k) for k in spec.keys], manifest=manifest)
+    record["signatures"] = [c.model_dump(mode="json") for c in checks]
+    if checks[-1].ok:
+        return []
+    return ["signature refused: " + "; ".join(c.reason for c in checks)]

@@ -9,7 +9,13 @@ One place composes the extension points, per phase:
   ``same-as-blue`` pins (the reads and checks: :mod:`rollout.admission`).
 * **Analyzing(step)**: the seeded canary (``latency`` gates with ``source: canary`` and the
   ``error-rate`` gate) while the step's traffic flows, the utilization floor over the canary's
-  window, then the live Prometheus gates over the same window.
+  window, then the live Prometheus gates over the same window. The canary spreads its slices
+  over every serving instance of each colour (``Platform.instances``: pod and node where the
+  platform knows them) and judges each green instance against blue's pool as well
+  (:mod:`gates.stats.fleet`); what each instance served is the evidence's ``instances`` list
+  (``arm, url, pod, node, n, p50, p95, errors, verdict``), which the controller copies into a
+  RolloutPolicy's ``status.instances``. A prompt set kept in a ConfigMap
+  (``canary.prompts.configMapRef``) is read through the platform when the canary starts.
 * **Verifying**: a soak on full traffic judged by the live gates (and a canary if there are no
   live gates, since blue still runs until the scale-down delay).
 
@@ -36,7 +42,8 @@ from typing import Any
 
 import httpx
 
-from gates.canary.prompts import PromptSetError
+from gates.canary.prompts import Prompt, PromptSetError, parse_prompts
+from gates.canary.records import ARMS
 from gates.canary.runner import CanaryConfig, CanaryProgress, CanaryResult, run_canary_sync
 from gates.capability import CAPABILITIES_PATH
 from gates.compare import summarize
@@ -47,11 +54,12 @@ from gates.utilization import PrometheusUtilization
 from gates.utilization.floor import evaluate_utilization_floor
 from gates.verdict import Verdict
 from rollout.admission import InstanceRead, admission_gates, read_endpoint
+from rollout.errors import RolloutError
 from rollout.machine import Observation, RolloutStatus
 from rollout.metrics.base import MetricProvider
 from rollout.metrics.prometheus import DEFAULT_CONSECUTIVE_ERROR_LIMIT, PrometheusProvider
 from rollout.platforms.base import Platform
-from rollout.policy.models import LimitsSpec, RolloutPolicy
+from rollout.policy.models import ConfigMapPrompts, LimitsSpec, RolloutPolicy
 from rollout.report import utilization_evidence
 
 __all__ = ["PolicyAnalyzer"]
@@ -134,9 +142,14 @@ class PolicyAnalyzer:
 
     def _interrupted(self, gates: Mapping[str, GateResult],
                      evidence: dict[str, Any]) -> Observation:
+        """What was measured until the stop, kept; but a cut-short step proves nothing, so a
+        gate that passed on the slices it saw (the output check's validity) says inconclusive."""
         evidence["interrupted"] = self._stop_reason
+        kept = {name: replace(g, verdict=Verdict.INCONCLUSIVE,
+                              reason=f"interrupted before the step ended; so far: {g.reason}")
+                if g.verdict is Verdict.PASS else g for name, g in gates.items()}
         return Observation(error=f"analysis interrupted: {self._stop_reason}",
-                           gates=dict(gates), evidence=evidence)
+                           gates=kept, evidence=evidence)
 
     def _read(self, client: httpx.Client, base: str, path: str) -> InstanceRead:
         return read_endpoint(client, base, path, self.limits)
@@ -177,7 +190,8 @@ class PolicyAnalyzer:
         gates.update(admission_gates(ready, docs, blue, caps, same_path_as_blue=same_path,
                                      evidence=evidence, matrix=self.spec.matrix,
                                      platform=self.platform,
-                                     engine_manifest=self.spec.admission.engine_manifest))
+                                     engine_manifest=self.spec.admission.engine_manifest,
+                                     image=self.spec.image))
         return Observation(gates=gates, evidence=evidence)
 
     # -- Analyzing -------------------------------------------------------------------------
@@ -256,15 +270,26 @@ class PolicyAnalyzer:
         return out
 
     def canary_config(self) -> CanaryConfig:
-        """The canary of this policy against the platform's first blue and green instance.
+        """The canary of this policy against every serving instance of each colour.
 
         Raises:
-            PromptSetError, ValueError, IndexError: prompts, a value, or an instance missing.
+            PromptSetError, ValueError: prompts (a ConfigMap's included) or a value.
+            RolloutError: the platform could not list the instances or read the ConfigMap.
         """
-        blue, green = self.platform.endpoints("blue"), self.platform.endpoints("green")
-        return CanaryConfig.from_spec(self.spec.canary, self.spec.gates, blue_url=blue[0],
-                                      green_url=green[0],
-                                      max_body_bytes=self.limits.canary_max_bytes)
+        fleet = {arm: self.platform.instances(arm) for arm in ARMS}
+        return CanaryConfig.from_spec(self.spec.canary, self.spec.gates, fleet=fleet,
+                                      max_body_bytes=self.limits.canary_max_bytes,
+                                      prompts=self._cluster_prompts())
+
+    def _cluster_prompts(self) -> list[Prompt] | None:
+        """The prompts of a ConfigMap-held set (read now, through the platform), or ``None``
+        when the policy names or holds its set itself."""
+        ref = self.spec.canary.prompts
+        if not isinstance(ref, ConfigMapPrompts):
+            return None
+        cm = ref.config_map_ref
+        text = self.platform.config_map_text(cm.name, cm.key)
+        return parse_prompts(text, f"ConfigMap {cm.name} key {cm.key}").prompts
 
     def _canary(self, status: RolloutStatus, label: str,
                 evidence: dict[str, Any]) -> dict[str, GateResult]:
@@ -273,12 +298,13 @@ class PolicyAnalyzer:
         names = canary_gates(self.spec.gates).names
         try:
             config = self.canary_config()
-        except (PromptSetError, ValueError, IndexError) as e:
+        except (PromptSetError, ValueError, RolloutError) as e:
             return {n: GateResult(Verdict.ERROR, f"canary not started: {e}", 1) for n in names}
         result = run_canary_sync(config, records_dir=self.records_dir / status.name / label,
                                  on_progress=self.on_canary_progress,
                                  should_stop=None if self.should_stop is None else self._stopping)
         evidence["canary"] = _canary_evidence(result)  # holds each gate's evidence already
+        evidence["instances"] = evidence["canary"]["instances"]  # the contract's place
         return {g.name: replace(g, evidence={}) for g in result.gates}
 
 

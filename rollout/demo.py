@@ -16,10 +16,18 @@ generic-attention   ``--attention math``: generic kernels where blue runs SDPA  
 tail-latency        stalls 20% of batches by 0.6 s (fault injection)               p95 canary
 errors              fails 20% of requests with a 500 (fault injection)             error-rate
 ==================  =============================================================  ============
+
+The demo has no container image, so each server declares a *release id* as its image
+(``ROLLOUT_IMAGE_REF=demo/sd-server:<scenario>``, ``ROLLOUT_IMAGE_DIGEST`` = sha256 of its
+command-line arguments, :func:`release_digest`): every admitted green leaves a release baseline
+under ``ROOT/state/baselines``, which survives the next demo run, so ``rollout baselines diff``
+compares two demo releases (docs/images.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import sys
 import threading
@@ -32,6 +40,7 @@ import httpx
 import yaml
 
 from rollout import engine
+from rollout.baselines import BASELINES_DIR
 from rollout.engine import Callbacks, Engine
 from rollout.errors import BadInputError, RolloutError
 from rollout.local.haproxy import start_haproxy
@@ -40,8 +49,8 @@ from rollout.local.prometheus import start_prometheus
 from rollout.machine import RolloutStatus
 from rollout.policy.loader import load_policy
 
-__all__ = ["SCENARIOS", "SERVER_ARGS", "demo_policy", "run_demo", "sd_server_binary",
-           "server_ready"]
+__all__ = ["SCENARIOS", "SERVER_ARGS", "demo_policy", "release_digest", "run_demo",
+           "sd_server_binary", "server_ready"]
 
 SERVER_ARGS = ["--model", "tiny", "--device", "cpu", "--threads", "1", "--host", "127.0.0.1",
          "--max-batch", "1"]
@@ -109,6 +118,25 @@ class _UserTraffic(threading.Thread):
                     pass
 
 
+def release_digest(args: list[str]) -> str:
+    """The demo's stand-in for an image digest: sha256 of the server's arguments (the same
+    arguments are the same release)."""
+    return "sha256:" + hashlib.sha256(json.dumps(args).encode()).hexdigest()
+
+
+def _fresh_root(root: Path) -> None:
+    """An empty ``root``, except the release baselines of earlier runs."""
+    kept = root / "state" / BASELINES_DIR
+    parked = root.with_name(f".{root.name}-{BASELINES_DIR}")
+    shutil.rmtree(parked, ignore_errors=True)
+    if kept.is_dir():
+        kept.rename(parked)
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "state").mkdir(parents=True)
+    if parked.is_dir():
+        parked.rename(kept)
+
+
 def sd_server_binary() -> str:
     exe = Path(sys.executable).with_name("sd-server")
     found = str(exe) if exe.exists() else shutil.which("sd-server")
@@ -135,8 +163,7 @@ def run_demo(scenario: str, *, root: Path, callbacks: Callbacks,
     if scenario not in SCENARIOS:
         raise BadInputError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
     root = root.resolve()
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    _fresh_root(root)
     ports = {k: free_port() for k in ("blue", "green", "front", "prom")}
     urls = {c: f"http://127.0.0.1:{ports[c]}" for c in ("blue", "green")}
     procs: list[ManagedProcess] = []
@@ -146,10 +173,13 @@ def run_demo(scenario: str, *, root: Path, callbacks: Callbacks,
     try:
         print(f"== scenario {scenario}: green = sd-server {' '.join(SCENARIOS[scenario])}",
               flush=True, file=sys.stderr)
-        for color, extra in (("blue", []), ("green", SCENARIOS[scenario])):
+        for color, release in (("blue", "healthy"), ("green", scenario)):
+            args = [*SERVER_ARGS, *SCENARIOS[release]]
             procs.append(start_process(f"sd-{color}", [
-                server, *SERVER_ARGS, "--port", str(ports[color]), *extra],
-                env={"OMP_NUM_THREADS": "1"}, log=root / f"sd-{color}.log"))
+                server, *args, "--port", str(ports[color])],
+                env={"OMP_NUM_THREADS": "1", "ROLLOUT_IMAGE_REF": f"demo/sd-server:{release}",
+                     "ROLLOUT_IMAGE_DIGEST": release_digest(args)},
+                log=root / f"sd-{color}.log"))
         for color, proc in zip(("blue", "green"), procs, strict=True):
             wait_until(partial(server_ready, urls[color]), timeout=240, what=f"sd-server {color}",
                        proc=proc.proc, log=proc.log)

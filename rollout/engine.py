@@ -7,9 +7,11 @@ in the CLI, so anything else had to re-enter the CLI to start a rollout. Here it
 from a policy; callers pass their printers in as :class:`Callbacks` and get statuses back. The
 CLI only parses, calls, prints and maps statuses to exit codes.
 
-Three ways in:
+Ways in:
 
 * :func:`promote`: a new run from a policy (check, lock, save the policy copy, run);
+* :func:`begin`: record the first status of a new run (what ``promote`` and the in-cluster
+  controller, :mod:`rollout.operator`, both do once they hold the rollout's lock);
 * :func:`act`: a user intent (abort, rollback, resume, promote --confirm) on a known rollout,
   acted on at once when no controller holds its lock. ``abort`` and ``rollback`` need no
   policy: the router frozen in the stored plan (or one named by the caller) suffices;
@@ -35,6 +37,7 @@ from rollout.store import Intent, StateStore
 
 if TYPE_CHECKING:
     from gates.canary.runner import CanaryProgress
+    from rollout.k8s.client import KubeClient
     from rollout.notify import Notifier
     from rollout.policy.models import RolloutPolicy
 
@@ -42,6 +45,7 @@ __all__ = [
     "Callbacks",
     "Engine",
     "act",
+    "begin",
     "build",
     "live_weights",
     "plan_router",
@@ -82,11 +86,12 @@ class Engine:
         """The router the controller moves traffic with."""
         return self.controller.router
 
-    def run(self, status: RolloutStatus) -> RolloutStatus:
-        """Run the controller, retire the losing colour, and let notifications leave."""
+    def run(self, status: RolloutStatus, *, finish: bool = True) -> RolloutStatus:
+        """Run the controller, retire the losing colour (unless ``finish`` is False: the
+        in-cluster controller does that itself, resumably), and let notifications leave."""
         try:
             final = self.controller.run(status)
-            if self.platform is not None:
+            if finish and self.platform is not None:
                 self.platform.finish(final)
         finally:
             if self.notifier is not None:
@@ -104,10 +109,14 @@ class Engine:
 
 def build(policy: RolloutPolicy, *, state_dir: Path, platform: str | None = None,
           kubeconfig: str | None = None, context: str | None = None,
-          callbacks: Callbacks | None = None) -> Engine:
-    """Platform, router, store, analyzer and observers of ``policy`` (nothing runs yet)."""
+          callbacks: Callbacks | None = None, client: KubeClient | None = None) -> Engine:
+    """Platform, router, store, analyzer and observers of ``policy`` (nothing runs yet).
+
+    ``client``: an existing Kubernetes client (the in-cluster controller shares one across
+    its rollouts instead of reading the kubeconfig again for each)."""
     from rollout import observability
     from rollout.analysis import PolicyAnalyzer
+    from rollout.baselines import BaselineRecorder
     from rollout.notify import Notifier
     from rollout.report import EvidenceWriter
 
@@ -117,7 +126,8 @@ def build(policy: RolloutPolicy, *, state_dir: Path, platform: str | None = None
     if (platform or policy.spec.platform) == "kubernetes":
         from rollout.platforms.kubernetes import build_kubernetes
 
-        plat, store, router = build_kubernetes(policy, kubeconfig=kubeconfig, context=context)
+        plat, store, router = build_kubernetes(policy, kubeconfig=kubeconfig, context=context,
+                                               client=client)
     else:
         from rollout.platforms.local import build_local
 
@@ -129,7 +139,7 @@ def build(policy: RolloutPolicy, *, state_dir: Path, platform: str | None = None
     notifier = Notifier.from_spec(policy.spec.notify, labels=policy.metadata.labels)
     ctl = Controller(store, router, analyzer, on_transition=observability.compose(
         cb.on_transition, EvidenceWriter(state_dir, policy=policy), observability.metrics(),
-        notifier))
+        BaselineRecorder(state_dir, log=cb.log), notifier))
     return Engine(store, ctl, policy, plat, notifier)
 
 
@@ -165,20 +175,39 @@ def promote(engine: Engine, *, state_dir: Path, ready_timeout: float,
                 f"rollout {name!r} is in progress ({existing.phase.value}): use 'rollout resume "
                 f"{name}', 'rollout abort {name}' or 'rollout rollback {name}'")
         save_policy_copy(state_dir, policy)
-        try:
-            plat.wait_ready("green", timeout=ready_timeout)
-        except Exception as e:  # admission judges readiness; this wait only saves time
-            cb.log(f"green not ready: {e}")
-        status = RolloutStatus(name=name, plan=plan_of(policy))
-        if existing is None:
-            engine.store.save(status, previous=None)
-        else:
-            status = status.model_copy(update={"generation": existing.generation + 1})
-            engine.store.save(status, previous=existing, evidence={"action": "new run"})
-        spec = policy.spec
-        cb.log(f"rollout {name}: started ({len(spec.steps)} steps, gates: "
-               f"{', '.join(g.name for g in spec.gates)})")
+        status = begin(engine, existing, ready_timeout=ready_timeout, log=cb.log)
         return engine.run(status)
+
+
+def begin(engine: Engine, existing: RolloutStatus | None, *, ready_timeout: float,
+          log: Callable[[str], None], consumed: list[int] | None = None,
+          **fields: Any) -> RolloutStatus:
+    """Wait (bounded) for green, then save the first status of a new run after ``existing``
+    (a finished run of the same name, or None) and return it. Call it holding the lock.
+
+    ``fields`` are extra status fields of the run (the controller's ``spec_generation`` and
+    ``attempt``); ``consumed`` are intent ids this run absorbs (a retry, stale requests of the
+    finished run), consumed in the same write.
+    """
+    policy, plat = engine.policy, engine.platform
+    if policy is None or plat is None:
+        raise BadInputError("a new run needs a policy")
+    name = policy.metadata.name
+    try:
+        plat.wait_ready("green", timeout=ready_timeout)
+    except Exception as e:  # admission judges readiness; this wait only saves time
+        log(f"green not ready: {e}")
+    status = RolloutStatus(name=name, plan=plan_of(policy), **fields)
+    if existing is None:
+        engine.store.save(status, previous=None)
+    else:
+        status = status.model_copy(update={"generation": existing.generation + 1})
+        engine.store.save(status, previous=existing, evidence={"action": "new run", **fields},
+                          consumed=consumed)
+    spec = policy.spec
+    log(f"rollout {name}: started ({len(spec.steps)} steps, gates: "
+        f"{', '.join(g.name for g in spec.gates)})")
+    return status
 
 
 def _copy_path(state_dir: Path, name: str) -> Path:

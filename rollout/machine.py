@@ -20,6 +20,12 @@ Phases::
     Admitting/Analyzing --inconclusive (policy: pause)--> Paused --resume--> same analysis
     Analyzing(last) --promotion.auto false--> Paused (AwaitingPromotion) --promote --confirm-->
             Promoting
+    Shifting/Analyzing --pause--> Paused (traffic held where it is) --resume--> the phase the
+            rollout would have gone to next (an analysis that passed is not run again)
+
+``retry`` (a RolledBack or Aborted rollout again from step 0) is not a transition: a finished
+rollout never moves again, so the in-cluster controller starts a *new run* (attempt + 1) when
+it finds a retry intent on a finished one (see :mod:`rollout.operator.reconcile`).
 """
 
 from __future__ import annotations
@@ -74,10 +80,10 @@ TERMINAL: frozenset[Phase] = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
     Phase.PENDING: frozenset({Phase.ADMITTING, Phase.ROLLING_BACK}),
     Phase.ADMITTING: frozenset({Phase.SHIFTING, Phase.PAUSED, Phase.ROLLING_BACK}),
-    Phase.SHIFTING: frozenset({Phase.ANALYZING, Phase.ROLLING_BACK}),
+    Phase.SHIFTING: frozenset({Phase.ANALYZING, Phase.PAUSED, Phase.ROLLING_BACK}),
     Phase.ANALYZING: frozenset({Phase.SHIFTING, Phase.PROMOTING, Phase.PAUSED,
                                 Phase.ROLLING_BACK}),
-    Phase.PAUSED: frozenset({Phase.PAUSED, Phase.ADMITTING, Phase.ANALYZING,
+    Phase.PAUSED: frozenset({Phase.PAUSED, Phase.ADMITTING, Phase.SHIFTING, Phase.ANALYZING,
                              Phase.PROMOTING, Phase.ROLLING_BACK}),
     Phase.PROMOTING: frozenset({Phase.VERIFYING, Phase.PROMOTED, Phase.ROLLING_BACK}),
     Phase.VERIFYING: frozenset({Phase.PROMOTED, Phase.ROLLING_BACK}),
@@ -136,6 +142,11 @@ class RolloutStatus(_Frozen):
     rollback_requested: bool = False
     resume_requested: bool = False
     promote_requested: bool = False
+    #: ``rollout pause NAME``: hold traffic where it is at the next step boundary.
+    pause_requested: bool = False
+    #: ``rollout retry NAME``: only meaningful on a RolledBack or Aborted rollout, where the
+    #: controller starts a new run; cleared by every transition of an unfinished one.
+    retry_requested: bool = False
     rollback_attempts: int = 0
     reason: str = ""
     verdicts: dict[str, str] = Field(default_factory=dict)
@@ -143,6 +154,11 @@ class RolloutStatus(_Frozen):
     #: Set when an action raised an unexpected exception: the rollout was rolled back because
     #: the controller failed, not because green was judged worse (a distinct exit code).
     internal_error: bool = False
+    #: The RolloutPolicy ``metadata.generation`` this run rolls out (0 outside a cluster): a
+    #: status of an older generation is never reported as the verdict on the current spec.
+    spec_generation: int = Field(0, ge=0)
+    #: Runs of this spec generation (``retry`` adds one).
+    attempt: int = Field(1, ge=1)
 
     @property
     def terminal(self) -> bool:
@@ -212,7 +228,7 @@ def decide(status: RolloutStatus, obs: Observation) -> Decision:
     Raises:
         IllegalTransitionError: the computed transition is not in :data:`TRANSITIONS`.
     """
-    nxt, reason = _next(status, obs)
+    nxt, reason = _pause(status, *_next(status, obs))
     if nxt.phase not in TRANSITIONS[status.phase] and nxt.phase is not status.phase:
         raise IllegalTransitionError(f"{status.phase} -> {nxt.phase} ({reason})")
     verdicts = {n: g.verdict.value for n, g in obs.gates.items()} or status.verdicts
@@ -221,8 +237,33 @@ def decide(status: RolloutStatus, obs: Observation) -> Decision:
         "reason": reason,
         "verdicts": verdicts,
         "weights": obs.weights if obs.weights is not None else status.weights,
+        "retry_requested": False,
     })
     return Decision(status=nxt, reason=reason)
+
+
+#: Where a pause may stop a rollout: between two steps, before live traffic moves again.
+_PAUSABLE = frozenset({Phase.SHIFTING, Phase.ANALYZING})
+
+
+def _pause(s: RolloutStatus, nxt: RolloutStatus, reason: str) -> tuple[RolloutStatus, str]:
+    """Apply a pending ``pause`` to the transition ``s -> nxt``.
+
+    The pause takes effect where the rollout was about to go next (Shifting or Analyzing), so
+    nothing already measured is thrown away and ``resume`` continues exactly there; a breach,
+    an abort or a promotion decided meanwhile goes first (pausing cannot delay a rollback).
+    Paused already: the request is simply absorbed.
+    """
+    if not s.pause_requested:
+        return nxt, reason
+    if s.phase is Phase.PAUSED:
+        return nxt.model_copy(update={"pause_requested": False}), reason
+    if s.phase in _PAUSABLE and nxt.phase in _PAUSABLE:
+        return nxt.model_copy(update={"phase": Phase.PAUSED, "paused_from": nxt.phase,
+                                      "pause_requested": False}), (
+            f"paused by user before {nxt.phase.value} of step {nxt.step} (traffic held); "
+            f"{reason}")
+    return nxt, reason
 
 
 def _go(status: RolloutStatus, phase: Phase, reason: str, **changes: object) -> tuple[

@@ -14,9 +14,9 @@ Why ``flock``: the OS releases it when the holder dies, even by SIGKILL, so a cr
 controller never leaves a stale lock, and a second ``rollout promote`` learns at once who holds
 it (pid, host, since) from the lock file's content.
 
-User intents (abort, rollback, resume) are separate rows, not fields the controller might
-overwrite with a stale in-memory status: the CLI records intent, the controller consumes it
-(the Argo Rollouts habit: ``abort`` only patches ``status.abort``).
+User intents (abort, rollback, resume, promote, pause, retry) are separate rows, not fields
+the controller might overwrite with a stale in-memory status: the CLI records intent, the
+controller consumes it (the Argo Rollouts habit: ``abort`` only patches ``status.abort``).
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ from rollout.machine import RolloutStatus
 
 __all__ = ["INTENT_FLAGS", "Intent", "StateStore", "TransitionRecord"]
 
-Intent = Literal["abort", "rollback", "resume", "promote"]
+Intent = Literal["abort", "rollback", "resume", "promote", "pause", "retry"]
 #: The status flag each intent sets when the controller folds it in (every store uses it).
+#: ``pause`` holds traffic at the next step boundary; ``retry`` runs a RolledBack or Aborted
+#: rollout again from step 0 (see :mod:`rollout.machine`).
 INTENT_FLAGS: dict[str, str] = {"abort": "abort_requested", "rollback": "rollback_requested",
-                                "resume": "resume_requested", "promote": "promote_requested"}
+                                "resume": "resume_requested", "promote": "promote_requested",
+                                "pause": "pause_requested", "retry": "retry_requested"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (

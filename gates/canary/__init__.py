@@ -2,6 +2,7 @@
 
 The pieces, each in its own module: prompt sets (:mod:`~gates.canary.prompts`), one adapter
 per image API (:mod:`~gates.canary.adapters`), the run's settings (:mod:`~gates.canary.config`),
+each arm's fleet of instances and how requests are spread over them (:mod:`~gates.canary.fleet`),
 the async runner (:mod:`~gates.canary.runner`, with its loops in :mod:`~gates.canary.loops`,
 one request in :mod:`~gates.canary.exchange` and what it reports in
 :mod:`~gates.canary.outcome`), the judging of finished slices
@@ -14,6 +15,8 @@ loopback server with a known service time for benchmarks and tests
 
 from gates.canary.adapters import API_NAMES, ImageAPI, get_adapter
 from gates.canary.evaluation import CanaryEvaluation, SliceOutcome
+from gates.canary.fleet import Instance
+from gates.canary.outcome import InstanceOutcome
 from gates.canary.output_check import OutputCheckResult, OutputCheckSpec
 from gates.canary.prompts import Prompt, PromptSet, PromptSetError, load_prompts, parse_prompts
 from gates.canary.records import ERROR_KINDS, RecordWriter, RequestRecord, in_arm_file
@@ -35,6 +38,8 @@ __all__ = [
     "CanaryResult",
     "GateResult",
     "ImageAPI",
+    "Instance",
+    "InstanceOutcome",
     "OutputCheckResult",
     "OutputCheckSpec",
     "Prompt",

@@ -9,14 +9,16 @@ never imports the policy models.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gates.bounded import CANARY_MAX_BYTES
 from gates.canary.adapters import get_adapter
+from gates.canary.fleet import Instance
 from gates.canary.output_check import OutputCheckSpec
-from gates.canary.prompts import Prompt, load_prompts
+from gates.canary.prompts import Prompt, PromptSet, load_prompts
+from gates.canary.records import ARMS, Arm
 from gates.error_rate import ErrorRateGateSpec
 from gates.gate import Gate
 from gates.latency import LatencyGateSpec
@@ -30,7 +32,9 @@ class CanarySettings(Protocol):
     never import the policy models: ``rollout.policy.models.CanarySpec`` satisfies this)."""
 
     @property
-    def prompts(self) -> str: ...
+    def prompts(self) -> object:
+        """A prompt-set reference (name or path) or an inline :class:`PromptSet`; anything
+        else (a ConfigMap reference) is resolved by the caller, who passes ``prompts``."""
     @property
     def api(self) -> str: ...
     @property
@@ -55,6 +59,11 @@ class CanarySettings(Protocol):
 class CanaryConfig:
     """What to send where, how fast, for how long, and what the gates require.
 
+    Each arm is a fleet (:mod:`gates.canary.fleet`): ``blue_instances`` / ``green_instances``
+    list every serving instance (with pod and node where known); empty means the one instance
+    at ``blue_url`` / ``green_url``, which otherwise must be the URL of the arm's first
+    instance.
+
     Raises:
         ValueError: from ``__post_init__`` on any value out of range.
     """
@@ -78,11 +87,20 @@ class CanaryConfig:
     verify: bool | str = True
     seed: int = 0
     max_body_bytes: int = CANARY_MAX_BYTES
+    blue_instances: tuple[Instance, ...] = ()
+    green_instances: tuple[Instance, ...] = ()
 
     def __post_init__(self) -> None:
-        for name, url in (("blue_url", self.blue_url), ("green_url", self.green_url)):
+        for arm in ARMS:
+            url = self.blue_url if arm == "blue" else self.green_url
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"{name} must start with http:// or https://, got {url!r}")
+                raise ValueError(f"{arm}_url must start with http:// or https://, got {url!r}")
+            given = self.blue_instances if arm == "blue" else self.green_instances
+            if given and given[0].url != url:
+                raise ValueError(f"{arm}_url {url!r} must be the URL of the first of "
+                                 f"{arm}_instances ({given[0].url!r})")
+            if len(set(given)) != len(given):
+                raise ValueError(f"{arm}_instances lists an instance twice")
         checks = [
             (len(self.prompts) >= 1, "prompts must not be empty"),
             (self.blue_per_green >= 1, "blue_per_green must be >= 1"),
@@ -100,9 +118,16 @@ class CanaryConfig:
                 raise ValueError(message)
         get_adapter(self.api)  # unknown API names fail here, before any request
 
+    def fleet(self, arm: Arm) -> tuple[Instance, ...]:
+        """Every instance of ``arm`` (at least one)."""
+        given = self.blue_instances if arm == "blue" else self.green_instances
+        return given or (Instance(self.blue_url if arm == "blue" else self.green_url),)
+
     @classmethod
-    def from_spec(cls, canary: CanarySettings, gates: Sequence[Gate], *, blue_url: str,
-                  green_url: str, max_body_bytes: int = CANARY_MAX_BYTES,
+    def from_spec(cls, canary: CanarySettings, gates: Sequence[Gate], *,
+                  blue_url: str | None = None, green_url: str | None = None,
+                  fleet: Mapping[Arm, Sequence[Instance]] | None = None,
+                  max_body_bytes: int = CANARY_MAX_BYTES,
                   prompts: Sequence[Prompt] | None = None) -> CanaryConfig:
         """The one mapping from a policy's canary block, gates and ``limits.canaryMaxBytes``
         to a config: the canary judges the ``source: canary`` latency gates and the error-rate
@@ -111,20 +136,46 @@ class CanaryConfig:
         ``dataclasses.replace``.
 
         Args:
-            prompts: the prompts to send; default: those of ``canary.prompts``.
+            blue_url, green_url: each arm's one instance, when ``fleet`` does not list them.
+            fleet: every instance of each arm (the platform's or the command line's).
+            prompts: the prompts to send; default: those of ``canary.prompts`` (a name, a
+                path or an inline set).
 
         Raises:
             PromptSetError: the prompt set cannot be read.
-            ValueError: a value out of range.
+            ValueError: a value out of range, an arm without any instance, or prompts that
+                only the caller can resolve (a ConfigMap reference).
         """
         judged = canary_gates(gates)
-        chosen = tuple(prompts) if prompts is not None else \
-            tuple(load_prompts(canary.prompts).prompts)
+        chosen = tuple(prompts) if prompts is not None else _prompts_of(canary.prompts)
+        instances = {arm: tuple((fleet or {}).get(arm, ())) for arm in ARMS}
+        urls = {"blue": blue_url, "green": green_url}
+        for arm in ARMS:
+            if instances[arm]:
+                urls[arm] = instances[arm][0].url
+        blue, green = urls["blue"], urls["green"]
+        if blue is None or green is None:
+            raise ValueError("the canary needs at least one instance of each arm")
         return cls(
-            blue_url=blue_url, green_url=green_url, prompts=chosen, api=canary.api,
+            blue_url=blue, green_url=green, blue_instances=instances["blue"],
+            green_instances=instances["green"], prompts=chosen, api=canary.api,
             blue_per_green=canary.blue_per_green, concurrency=canary.concurrency,
             rate=canary.rate, max_requests=canary.max_requests,
             warmup_requests=canary.warmup_requests, timeout_s=canary.timeout_seconds,
             deadline_s=canary.deadline_seconds, latency_gates=judged.latency,
             error_gate=judged.error_rate or ErrorRateGateSpec(),
             output_check=canary.output_check, max_body_bytes=max_body_bytes)
+
+
+def _prompts_of(ref: object) -> tuple[Prompt, ...]:
+    """The prompts a policy's ``canary.prompts`` names (a reference) or holds (inline).
+
+    Raises:
+        PromptSetError: the referenced set cannot be read.
+        ValueError: a reference only the platform can resolve (a ConfigMap).
+    """
+    if isinstance(ref, PromptSet):
+        return tuple(ref.prompts)
+    if isinstance(ref, str):
+        return tuple(load_prompts(ref).prompts)
+    raise ValueError(f"canary.prompts {ref!r} is resolved by the platform: pass the prompts")

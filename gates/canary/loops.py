@@ -25,6 +25,7 @@ from gates.canary.adapters import ImageAPI, get_adapter
 from gates.canary.config import CanaryConfig
 from gates.canary.evaluation import CanaryEvaluation, SliceOutcome
 from gates.canary.exchange import decoded, images_of, send
+from gates.canary.fleet import Instance, InstancePicker
 from gates.canary.outcome import CanaryProgress
 from gates.canary.output_check import needs_pixels
 from gates.canary.prompts import Prompt
@@ -53,7 +54,7 @@ class CanaryRun:
     """One run's mutable state and its loops; :func:`gates.canary.runner.run_canary` is its
     only user."""
 
-    def __init__(self, cfg: CanaryConfig, new_client: Callable[[Arm], httpx.AsyncClient],
+    def __init__(self, cfg: CanaryConfig, new_client: Callable[[str], httpx.AsyncClient],
                  writer: RecordWriter | None,
                  on_progress: Callable[[CanaryProgress], None] | None,
                  should_stop: Callable[[], str | None] | None = None) -> None:
@@ -64,14 +65,18 @@ class CanaryRun:
         self.api: ImageAPI = get_adapter(cfg.api, model=cfg.model)
         self.new_client = new_client
         self.clients: list[httpx.AsyncClient] = []
-        self.free: dict[Arm, list[httpx.AsyncClient]] = {arm: [] for arm in ARMS}
+        #: Idle clients per (arm, instance): each client talks to one instance's base URL.
+        self.free: dict[tuple[Arm, Instance], list[httpx.AsyncClient]] = {}
+        self.pickers = {arm: InstancePicker(cfg.fleet(arm), cfg.seed, stream)
+                        for stream, arm in enumerate(ARMS)}
         self.last_progress = -math.inf
         self.writer = writer
         self.on_progress = on_progress
         self.rng = random.Random(cfg.seed)
         self.evaluation = CanaryEvaluation(
             blue_per_green=cfg.blue_per_green, latency_gates=cfg.latency_gates,
-            error_gate=cfg.error_gate, output_check=cfg.output_check)
+            error_gate=cfg.error_gate, output_check=cfg.output_check,
+            fleet={arm: cfg.fleet(arm) for arm in ARMS})
         self.sent = 0
         self.cancelled: list[RequestRecord] = []
         self.perf0 = time.perf_counter()
@@ -79,47 +84,63 @@ class CanaryRun:
 
     # -- requests ------------------------------------------------------------------------
 
-    def acquire(self, arm: Arm) -> httpx.AsyncClient:
-        """A client of ``arm`` no request is using (a new one when all are busy)."""
-        if not self.free[arm]:
-            self.clients.append(self.new_client(arm))
+    def instance(self, arm: Arm, number: int, replica: int) -> Instance:
+        """The instance serving slice ``number``'s request ``replica`` of ``arm``: the arm's
+        requests are numbered ``n * K + j`` (green: ``n``) and spread as
+        :mod:`gates.canary.fleet` says."""
+        k = 1 if arm == "green" else self.cfg.blue_per_green
+        return self.pickers[arm].pick(number * k + replica)
+
+    def acquire(self, arm: Arm, instance: Instance) -> httpx.AsyncClient:
+        """A client of ``instance`` no request is using (a new one when all are busy)."""
+        free = self.free.setdefault((arm, instance), [])
+        if not free:
+            self.clients.append(self.new_client(instance.url))
             return self.clients[-1]
-        return self.free[arm].pop()
+        return free.pop()
 
-    def release(self, arm: Arm, client: httpx.AsyncClient) -> None:
-        self.free[arm].append(client)
+    def release(self, arm: Arm, instance: Instance, client: httpx.AsyncClient) -> None:
+        self.free[arm, instance].append(client)
 
-    async def request(self, client: httpx.AsyncClient, arm: Arm, replica: int, order: int,
+    async def request(self, arm: Arm, instance: Instance, replica: int, order: int,
                       prompt: Prompt, seed: int, slice_no: int | None,
-                      due: float | None = None) -> RequestRecord:
-        """Send one request, time it, classify the outcome (:func:`gates.canary.exchange.send`);
-        never raises except on cancel, when the request is recorded as cancelled."""
+                      due: float | None = None,
+                      client: httpx.AsyncClient | None = None) -> RequestRecord:
+        """Send one request to ``instance``, time it, classify the outcome
+        (:func:`gates.canary.exchange.send`); never raises except on cancel, when the request
+        is recorded as cancelled. Uses ``client`` if given, else an idle one of the instance."""
         def record(start: float, latency: float, **outcome: Any) -> RequestRecord:
             return RequestRecord(slice=slice_no, arm=arm, replica=replica, order=order,
                                  prompt_id=prompt.id, seed=seed,
                                  start=self.wall0 + (start - self.perf0), latency_s=latency,
-                                 **outcome)
+                                 instance=instance, **outcome)
 
-        return await send(client, self.api, prompt, seed, timeout_s=self.cfg.timeout_s,
-                          max_body_bytes=self.cfg.max_body_bytes, due=due, record=record,
-                          on_cancel=self.cancelled.append)
+        own = client is None
+        use = self.acquire(arm, instance) if client is None else client
+        rec = await send(use, self.api, prompt, seed, timeout_s=self.cfg.timeout_s,
+                         max_body_bytes=self.cfg.max_body_bytes, due=due, record=record,
+                         on_cancel=self.cancelled.append)
+        if own:  # not on cancel: a cancelled exchange's client is not reused
+            self.release(arm, instance, use)
+        return rec
 
     # -- warm-up -------------------------------------------------------------------------
 
     async def warmup(self) -> None:
-        """``warmup_requests`` sequential requests per arm, both arms at once; never judged."""
-        async def one_arm(arm: Arm) -> list[RequestRecord]:
-            client, out = self.acquire(arm), []
+        """``warmup_requests`` sequential requests per instance, every instance of both arms
+        at once (each pod compiles and fills its caches on its own); never judged."""
+        async def one_instance(arm: Arm, instance: Instance) -> list[RequestRecord]:
+            out = []
             for i in range(self.cfg.warmup_requests):
                 p = self.cfg.prompts[i % len(self.cfg.prompts)]
-                rec = await self.request(client, arm, 0, 0, p,
+                rec = await self.request(arm, instance, 0, 0, p,
                                          (p.seed + _WARMUP_SEED_OFFSET) % 2**32, None)
                 out.append(replace(rec, excluded="warmup"))
-            self.release(arm, client)
             return out
 
         if self.cfg.warmup_requests:
-            done = await asyncio.gather(*(one_arm(a) for a in ARMS))
+            done = await asyncio.gather(*(one_instance(a, i) for a in ARMS
+                                          for i in self.cfg.fleet(a)))
             if self.writer is not None:
                 self.writer.write([r for arm_records in done for r in arm_records])
 
@@ -137,9 +158,12 @@ class CanaryRun:
         arms: list[tuple[Arm, int]] = [("green", 0)]
         arms += [("blue", j) for j in range(self.cfg.blue_per_green)]
         self.rng.shuffle(arms)
-        clients = {arm: self.acquire(arm) for arm in ARMS}
-        tasks = [asyncio.create_task(self.request(clients[arm], arm, rep, order, prompt, seed,
-                                                  number, due))
+        # One client per instance the slice reaches (its requests to one instance share it).
+        where = {(arm, rep): self.instance(arm, number, rep) for arm, rep in arms}
+        clients = {(arm, inst): self.acquire(arm, inst) for (arm, _), inst in where.items()}
+        tasks = [asyncio.create_task(self.request(
+            arm, where[arm, rep], rep, order, prompt, seed, number, due,
+            client=clients[arm, where[arm, rep]]))
                  for order, (arm, rep) in enumerate(arms)]
         try:
             records = await asyncio.gather(*tasks)
@@ -147,8 +171,8 @@ class CanaryRun:
             self.cancel_finished([t.result() for t in tasks
                                   if t.done() and not t.cancelled() and t.exception() is None])
             raise
-        for arm, client in clients.items():
-            self.release(arm, client)
+        for (arm, inst), client in clients.items():
+            self.release(arm, inst, client)
         await self.finish_slice(number, records)
 
     def cancel_finished(self, records: Sequence[RequestRecord]) -> None:
@@ -228,7 +252,6 @@ class CanaryRun:
         waiting: dict[int, list[RequestRecord]] = {}  # slices with answers still missing
 
         async def worker(arm: Arm, other: Arm) -> None:
-            client = self.acquire(arm)
             for n, replica in slots[arm]:
                 def in_step(n: int = n) -> bool:
                     return n < started[other] + lead
@@ -239,7 +262,8 @@ class CanaryRun:
                     self.sent = max(self.sent, n + 1)
                     moved.notify_all()
                 prompt, seed = self.slice_request(n)
-                rec = await self.request(client, arm, replica, 0, prompt, seed, n)
+                rec = await self.request(arm, self.instance(arm, n, replica), replica, 0,
+                                         prompt, seed, n)
                 group = waiting.setdefault(n, [])
                 group.append(rec)
                 if len(group) == cfg.blue_per_green + 1:

@@ -36,9 +36,27 @@ image at a time). A refused, truncated or corrupt payload keeps its image hash a
 it has no pixel hash (:attr:`ImageFingerprint.error`); a slice it leaves undecidable names that
 reason in :attr:`OutputCheckResult.reason`.
 
-Modes (``OutputCheckSpec.mode``): ``report`` compares and reports but never gates (the default:
-a rollout that changes the model legitimately changes the images), ``equal`` fails on any slice
-whose hashes differ, ``distance`` fails on any slice whose distance exceeds ``maxDistance``.
+Two kinds of rule, because a rollout may legitimately change the model:
+
+*Validity* (is green's answer a usable image at all?) is judged against blue's answer to the same
+request, never against a fixed expectation: a green image is **broken** when blue's image at
+the same position decodes and green's does not (not a PNG, truncated, corrupt, a decompression
+bomb: :attr:`ImageFingerprint.error`), when green drew another number of images than blue, when
+its size differs from blue's, or when it is blank or near-constant (every block mean of the
+signature within :data:`FLAT_RANGE` levels: the fp16 VAE NaN failure draws black) while blue's
+is not. A different model draws other images of the same size, count and validity, so validity
+holds whatever the model; relative to blue it also never blames green for what blue does too
+(a prompt that draws black on both arms, a server answering in a format this check does not
+decode). A green that is worse than every blue request of the slice breaks validity.
+
+*Similarity* (is it the same picture?) is the hash or the distance above, and gates only when
+the policy says the model must not change.
+
+Modes (``OutputCheckSpec.mode``): ``valid`` (the default) fails on any broken green image and
+reports similarity without gating on it; ``equal`` fails on broken images and on any slice
+whose images are not identical; ``distance`` fails on broken images and on any slice whose
+distance exceeds ``maxDistance``; ``report`` is the opt-out: compares and reports, never gates
+(its verdict, for information, is what ``equal`` would give).
 """
 
 from __future__ import annotations
@@ -60,6 +78,7 @@ from pydantic.alias_generators import to_camel
 from gates.verdict import Verdict
 
 __all__ = [
+    "FLAT_RANGE",
     "MAX_DECODED_BYTES",
     "MAX_IMAGE_PIXELS",
     "SIGNATURE_GRID",
@@ -77,6 +96,8 @@ __all__ = [
 
 #: Blocks per side of the luminance signature.
 SIGNATURE_GRID = 16
+#: Largest spread of a signature's block means (8-bit levels) of a blank or near-constant image.
+FLAT_RANGE = 2
 #: Largest image decoded, in pixels (4096 x 4096; SD draws 512-2048 px).
 MAX_IMAGE_PIXELS = 4096 * 4096
 #: Largest image decoded, in bytes of samples (palette images count as RGB).
@@ -99,9 +120,10 @@ class OutputCheckSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
                               frozen=True)
 
-    mode: Literal["report", "equal", "distance"] = Field("report", description=(
-        "report: compare, never gate; equal: identical pixels required; distance: signature "
-        "distance at most maxDistance."))
+    mode: Literal["valid", "report", "equal", "distance"] = Field("valid", description=(
+        "valid: fail on broken green images (undecodable, wrong size or count, blank where "
+        "blue's is not), report similarity; equal: valid and identical pixels; distance: "
+        "valid and signature distance at most maxDistance; report: never gate (opt-out)."))
     max_distance: float = Field(0.02, ge=0, le=1, description=(
         "Largest mean block-luminance difference (fraction of full scale) in distance mode."))
 
@@ -259,13 +281,16 @@ class OutputCheckResult:
     """Outcome of the output check so far.
 
     Attributes:
-        verdict: ``fail`` once a slice breaks the rule, ``pass`` while none did, ``nodata``
+        verdict: ``fail`` once a slice breaks a rule, ``pass`` while none did, ``nodata``
             before any slice could be compared. In ``report`` mode the verdict is what
             ``equal`` would give, for information only.
         mode: the spec's mode; ``gating`` says whether the verdict counts.
         compared: slices whose images were compared.
         identical: those with identical image hashes on every arm.
-        mismatches: slices that broke the rule (``equal`` in report mode).
+        mismatches: slices that broke the similarity rule (``equal`` in report and valid
+            mode).
+        broken: slices where green's images are broken (module docstring: validity).
+        first_broken: the first of them, and ``broken_reason`` why.
         undecidable: slices whose distance could not be computed (differing payloads this
             check does not decode).
         undecodable: why the first undecidable slice's image was not decoded (which arm,
@@ -285,11 +310,16 @@ class OutputCheckResult:
     first_mismatch: int | None
     reason: str
     undecodable: str | None = None
+    broken: int = 0
+    first_broken: int | None = None
+    broken_reason: str | None = None
 
     @property
     def gating(self) -> bool:
-        """Whether this check's verdict takes part in the canary's verdict."""
-        return self.mode != "report"
+        """Whether this check's verdict takes part in the canary's verdict: never in report
+        mode; in valid mode once a slice was judged (validity can only find a broken green,
+        and a green that answers no image at all is the error-rate gate's to judge)."""
+        return self.mode != "report" and (self.mode != "valid" or self.compared > 0)
 
 
 class OutputCheck:
@@ -298,8 +328,10 @@ class OutputCheck:
     def __init__(self, spec: OutputCheckSpec | None = None) -> None:
         self.spec = spec if spec is not None else OutputCheckSpec()
         self._compared = self._identical = self._mismatches = self._undecidable = 0
+        self._broken = 0
         self._worst = math.nan
         self._first: int | None = None
+        self._first_broken: tuple[int, str] | None = None
         self._undecodable: str | None = None
         self._result = self._summarise()
 
@@ -314,6 +346,11 @@ class OutputCheck:
         if not blues:
             return self._result
         self._compared += 1
+        broken = [_broken(green, b) for b in blues]
+        if all(broken):
+            self._broken += 1
+            if self._first_broken is None:
+                self._first_broken = slice_no, str(broken[0])
         same = all(_same(green, b) for b in blues)
         self._identical += same
         dists = [0.0] if same else [_distance(green, b) for b in blues]
@@ -324,9 +361,9 @@ class OutputCheck:
                 self._undecodable = _why_undecodable(green, blues)
         else:
             self._worst = dist if math.isnan(self._worst) else max(self._worst, dist)
-        broken = (not same) if self.spec.mode != "distance" else \
+        differs = (not same) if self.spec.mode != "distance" else \
             (math.isnan(dist) or dist > self.spec.max_distance)
-        if broken:
+        if differs:
             self._mismatches += 1
             if self._first is None:
                 self._first = slice_no
@@ -338,7 +375,9 @@ class OutputCheck:
         if self._compared == 0:
             verdict, reason = Verdict.NODATA, "no slice with images on both arms yet"
         else:
-            verdict = Verdict.FAIL if self._mismatches else Verdict.PASS
+            similar_gates = s.mode != "valid"  # report mode: what equal would give
+            verdict = Verdict.FAIL if self._broken or (similar_gates and self._mismatches) \
+                else Verdict.PASS
             worst = "-" if math.isnan(self._worst) else f"{self._worst:.4f}"
             reason = (f"{self._identical} of {self._compared} slices identical, worst "
                       f"distance {worst}")
@@ -349,13 +388,44 @@ class OutputCheck:
                 reason += f", {self._undecidable} undecidable (image not decodable{why})"
             if self._first is not None:
                 reason += f"; first mismatch in slice {self._first}"
+            if s.mode == "valid" and self._mismatches:
+                reason += " (similarity reported, not gated)"
+            if self._first_broken is not None:
+                n, why = self._first_broken
+                reason = (f"{self._broken} of {self._compared} slices with broken green "
+                          f"images, first in slice {n}: {why}; {reason}")
             if s.mode == "report":
                 reason += " (report only)"
+        first_broken, broken_reason = self._first_broken or (None, None)
         return OutputCheckResult(
             verdict=verdict, mode=s.mode, compared=self._compared, identical=self._identical,
             mismatches=self._mismatches, undecidable=self._undecidable,
             worst_distance=self._worst, first_mismatch=self._first, reason=reason,
-            undecodable=self._undecodable)
+            undecodable=self._undecodable, broken=self._broken, first_broken=first_broken,
+            broken_reason=broken_reason)
+
+
+def _broken(green: Sequence[ImageFingerprint], blue: Sequence[ImageFingerprint]) -> str | None:
+    """Why green's images are broken where blue's are not (module docstring), else ``None``."""
+    if len(green) != len(blue):
+        return f"green drew {len(green)} images, blue {len(blue)}"
+    for i, (g, b) in enumerate(zip(green, blue, strict=True)):
+        if _same((g,), (b,)) or b.signature is None:
+            continue  # identical, or blue's own image is no reference
+        if g.signature is None:
+            return f"green image {i} is not a usable image: {g.error or 'not decoded'}"
+        g_size, b_size = g.signature.partition(":")[0], b.signature.partition(":")[0]
+        if g_size != b_size:
+            return f"green image {i} is {g_size} pixels, blue's {b_size}"
+        if _flat(g.signature) and not _flat(b.signature):
+            return f"green image {i} is blank or near-constant, blue's is not"
+    return None
+
+
+def _flat(signature: str) -> bool:
+    """Whether every block mean of a signature lies within :data:`FLAT_RANGE` levels."""
+    means = bytes.fromhex(signature.partition(":")[2])
+    return max(means) - min(means) <= FLAT_RANGE
 
 
 def _hashes(images: Sequence[ImageFingerprint]) -> list[str]:

@@ -9,7 +9,9 @@ A run with ``records_dir`` writes three JSON Lines files there:
                     in the order the sequential judge consumed their slices.
 
 Row fields: ``slice`` (null for warm-up), ``arm``, ``replica`` (0 for green, 0..K-1 for the
-blues of a slice), ``order`` (launch position within the slice: arm order is shuffled),
+blues of a slice), ``url``, ``pod`` and ``node`` (the instance that served it, see
+:mod:`gates.canary.fleet`; pod and node null where the platform does not know them),
+``order`` (launch position within the slice: arm order is shuffled),
 ``prompt_id``, ``seed``, ``start`` (Unix time the request was due to be sent), ``latency_s``,
 ``server_timing`` (seconds, from the ``Server-Timing`` header), ``status`` (HTTP status or
 null), ``ok``, ``error`` (null or one of :data:`ERROR_KINDS`), ``detail``, ``censored``,
@@ -37,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
+from gates.canary.fleet import Instance
 from gates.canary.output_check import ImageFingerprint
 
 __all__ = ["ARMS", "ERROR_KINDS", "Arm", "ErrorKind", "Excluded", "RecordWriter",
@@ -75,12 +78,18 @@ class RequestRecord:
     ok: bool = False
     censored: bool = False
     excluded: Excluded | None = None
+    #: The instance that served it (None for records built without a fleet, e.g. in tests).
+    instance: Instance | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON Lines row."""
         sigs = [i.signature for i in self.images]
         return {
-            "slice": self.slice, "arm": self.arm, "replica": self.replica, "order": self.order,
+            "slice": self.slice, "arm": self.arm, "replica": self.replica,
+            "url": self.instance.url if self.instance else None,
+            "pod": self.instance.pod or None if self.instance else None,
+            "node": self.instance.node or None if self.instance else None,
+            "order": self.order,
             "prompt_id": self.prompt_id, "seed": self.seed, "start": round(self.start, 6),
             "latency_s": round(self.latency_s, 6), "server_timing": self.server_timing,
             "status": self.status, "ok": self.ok, "error": self.error, "detail": self.detail,

@@ -47,8 +47,13 @@ answer is a ``bad_payload`` error, read no further, so an endless body cannot ex
 client's memory. The per-request ``timeout_s`` bounds the whole exchange (connect, headers and
 body), and latency runs until the body's last byte, as before.
 
-Connections: each request in flight uses a small httpx client of its arm, reused by later
-requests (an open-loop slice takes one client per arm; its ``K`` blue requests share one).
+A colour is a fleet: each arm's requests are spread over every instance the config lists
+(seeded shuffled round-robin, :mod:`gates.canary.fleet`; warm-up goes to every instance), and
+the result keeps what each instance served (``instances``); with several green instances
+each is also judged on its own (:mod:`gates.canary.evaluation`).
+
+Connections: each request in flight uses a small httpx client of its instance, reused by later
+requests (an open-loop slice takes one client per instance it reaches).
 httpcore's pool scans every connection for every request, so one shared pool with 64
 connections costs milliseconds of client CPU per request at concurrency 32, which is latency
 added to whatever finishes meanwhile; small clients keep each pool at ``K`` connections or fewer.
@@ -77,7 +82,7 @@ from gates.canary.config import CanaryConfig, CanarySettings
 from gates.canary.exchange import parse_server_timing
 from gates.canary.loops import CanaryRun, StopCancelled, StopDecided
 from gates.canary.outcome import CanaryProgress, CanaryResult, StopReason
-from gates.canary.records import ARMS, Arm, RecordWriter
+from gates.canary.records import ARMS, RecordWriter
 from gates.gate import combine
 
 # The run's public names, wherever they are defined (callers import them from here).
@@ -109,11 +114,9 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
     # One TLS context for every client: building one loads the CA bundle (~35 ms of CPU).
     verify: bool | ssl.SSLContext = False if config.verify is False else \
         ssl.create_default_context(cafile=None if config.verify is True else config.verify)
-    urls = {"blue": config.blue_url, "green": config.green_url}
-
-    def new_client(arm: Arm) -> httpx.AsyncClient:
+    def new_client(base_url: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=urls[arm], headers=dict(config.headers), verify=verify, timeout=None,
+            base_url=base_url, headers=dict(config.headers), verify=verify, timeout=None,
             transport=transport, follow_redirects=False,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
 
@@ -159,4 +162,5 @@ def _result(run: CanaryRun, stopped_by: StopReason) -> CanaryResult:
         requests=dict(ev.requests), errors=ev.errors_by_kind(),
         latencies={a: np.asarray(ev.latencies[a], dtype=np.float64) for a in ARMS},
         elapsed_s=time.perf_counter() - run.perf0,
-        records={k: str(v) for k, v in run.writer.paths.items()} if run.writer else None)
+        records={k: str(v) for k, v in run.writer.paths.items()} if run.writer else None,
+        instances=ev.instance_outcomes(gates))

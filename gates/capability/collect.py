@@ -10,6 +10,7 @@ fact per probe, whatever the GPU stack does.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from gates.capability.probe import Probe, ProbeOutcome, run_probes
 from gates.capability.snapshot import (
     CapabilitySnapshot,
     HostFacts,
+    ImageFacts,
     ProviderProbe,
     TorchFacts,
 )
@@ -127,7 +129,8 @@ def collect_local(
     provider_options: Mapping[str, Mapping[str, Any]] | None = None,
     session_options: Mapping[str, bool | int] | None = None,
 ) -> CapabilitySnapshot:
-    """Snapshot this machine and process, within ``deadline_s``.
+    """Snapshot this machine and process, within ``deadline_s``; the image it runs comes
+    from ``ROLLOUT_IMAGE_REF``/``ROLLOUT_IMAGE_DIGEST`` (:meth:`ImageFacts.from_env`).
 
     Args:
         providers: ORT provider order the probe session requests.
@@ -156,6 +159,7 @@ def collect_local(
         provider_probe=_value(outcomes, "onnxruntime", ProviderProbe),
         log_hits=tuple(_value(outcomes, "logs", list) or ()),
         probes=tuple(o.fact for o in outcomes.values()),
+        image=ImageFacts.from_env(os.environ),
     )
 
 

@@ -28,6 +28,7 @@ __all__ = [
 
 FactCategory = Literal[
     "meta",
+    "image",
     "versions",
     "gpu",
     "host",
@@ -65,6 +66,8 @@ def snapshot_facts(snap: CapabilitySnapshot) -> dict[FactCategory, dict[str, Jso
     )
     facts["versions"].update(_flatten(snap.versions.model_dump(mode="json")))
     facts["measured"]["snapshot_s"] = _round(snap.duration_s)
+    if snap.image is not None:
+        facts["image"].update(snap.image.model_dump(mode="json", exclude_none=True))
     if snap.host is not None:
         host = snap.host.model_dump(mode="json", exclude={"gpus"})
         facts["gpu"]["count"] = len(snap.host.gpus)

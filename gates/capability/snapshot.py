@@ -14,6 +14,8 @@ fingerprint is rejected rather than trusted.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -27,11 +29,14 @@ from gates.capability.ort_settings import OrtSettings
 __all__ = [
     "CPU_PROVIDER",
     "FUSED_SDPA_BACKENDS",
+    "IMAGE_DIGEST_ENV",
+    "IMAGE_REF_ENV",
     "SCHEMA_VERSION",
     "CapabilitySnapshot",
     "ContainerToolkit",
     "GpuDevice",
     "HostFacts",
+    "ImageFacts",
     "LibraryName",
     "LibraryVersion",
     "ProbeFact",
@@ -236,6 +241,43 @@ def effective_providers(bound: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in bound if p != CPU_PROVIDER)
 
 
+#: Where a process learns which image it runs: the deployment sets these (a Deployment from its
+#: own pinned ``image:`` field, the local demo from its release id). Nothing inside a container
+#: can read its own image digest otherwise.
+IMAGE_REF_ENV: Final = "ROLLOUT_IMAGE_REF"
+IMAGE_DIGEST_ENV: Final = "ROLLOUT_IMAGE_DIGEST"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class ImageFacts(_Facts):
+    """The container image this process runs, as its deployment declared it.
+
+    ``digest`` is the manifest digest (what a signature names and a baseline is keyed by);
+    a value that is not ``sha256:<64 hex>`` is kept in ``error``, never guessed at.
+    """
+
+    ref: str | None = Field(default=None, description="docker reference, e.g. reg/sd:1.4")
+    digest: str | None = Field(default=None, pattern=_DIGEST.pattern,
+                               description="manifest digest sha256:<hex>")
+    error: str | None = Field(default=None, description="why a declared digest was refused")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ImageFacts | None:
+        """``ROLLOUT_IMAGE_REF`` / ``ROLLOUT_IMAGE_DIGEST``; ``None`` when neither is set.
+
+        The digest may be written as Kubernetes reports a container's ``imageID``
+        (``docker-pullable://reg/sd@sha256:...``) or as a reference with ``@sha256:...``.
+        """
+        ref = env.get(IMAGE_REF_ENV, "").strip() or None
+        raw = env.get(IMAGE_DIGEST_ENV, "").strip()
+        if ref is None and not raw:
+            return None
+        found = _DIGEST.search(raw.lower())
+        if raw and (found is None or not raw.lower().endswith(found.group())):
+            return cls(ref=ref, error=f"{IMAGE_DIGEST_ENV}={raw!r} is not sha256:<64 hex>")
+        return cls(ref=ref, digest=found.group() if found else None)
+
+
 class CapabilitySnapshot(_Facts):
     """Everything a capability gate judges, as one versioned document."""
 
@@ -255,6 +297,9 @@ class CapabilitySnapshot(_Facts):
         default=(), description="degraded-path phrases in the logs given to the collector"
     )
     probes: tuple[ProbeFact, ...] = ()
+    image: ImageFacts | None = Field(
+        default=None, description="the image the process runs (ROLLOUT_IMAGE_REF/_DIGEST)"
+    )
 
     def probe(self, name: str) -> ProbeFact | None:
         """How the named probe went."""

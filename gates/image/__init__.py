@@ -6,7 +6,9 @@
 * :func:`gates.image.diff.diff` - ``diff(a, b) -> ImageDiff``: layers, files, Debian packages,
   Python distributions and runtime config that changed;
 * :mod:`gates.image.reader` - the three image forms (``oci-archive:``, ``docker-archive:``,
-  ``oci:``) and :class:`~gates.image.reader.ImageError` (not an image: bad input).
+  ``oci:``) and :class:`~gates.image.reader.ImageError` (not an image: bad input);
+* :mod:`gates.image.signing` - containers' simple signing of a manifest digest (``skopeo
+  standalone-sign``/``standalone-verify``, gpg), offline; the lookaside signature layout.
 
 What each check means and why: docs/images.md.
 """

@@ -29,6 +29,7 @@ from gates.image.reader import Image, ImageRef, open_image
 
 __all__ = [
     "AuditReport",
+    "AuditSummary",
     "LayerReport",
     "LibraryReport",
     "PathSize",
@@ -116,6 +117,64 @@ class AuditReport(BaseModel):
     python_distributions: int
     config: RuntimeConfig
     violations: list[Violation]
+
+
+class AuditSummary(BaseModel):
+    """What a release baseline keeps of an audit: sizes, the build steps, libraries, user and
+    violations, without the file lists (a baseline stays a few KB whatever the image)."""
+
+    model_config = _FROZEN
+
+    digest: str | None
+    image_id: str
+    pull_size: int
+    unpacked_size: int
+    final_size: int
+    files: int
+    wasted_bytes: int
+    user: str
+    layers: list[str] = Field(description="Each layer's build step (created_by), bottom first.")
+    libraries: dict[str, list[str]] = Field(description="GPU library -> versions found.")
+    violations: list[str] = Field(description="'check: message' of each violation.")
+
+    @classmethod
+    def of(cls, report: AuditReport) -> AuditSummary:
+        """The summary of a full audit."""
+        libraries: dict[str, list[str]] = {}
+        for lib in report.libraries:
+            versions = libraries.setdefault(lib.name, [])
+            if lib.version not in versions:
+                versions.append(lib.version)
+        return cls(digest=report.digest, image_id=report.image_id, pull_size=report.pull_size,
+                   unpacked_size=report.unpacked_size, final_size=report.final_size,
+                   files=report.files, wasted_bytes=report.wasted_bytes,
+                   user=report.config.user, layers=[ly.created_by or ly.digest
+                                                    for ly in report.layers],
+                   libraries={k: sorted(v) for k, v in sorted(libraries.items())},
+                   violations=[f"{v.check}: {v.message}" for v in report.violations])
+
+    def changes(self, new: AuditSummary) -> dict[str, Any]:
+        """What differs from ``self`` (the older release) to ``new``: ``[old, new]`` per
+        scalar field, ``added``/``removed`` for layers and violations, ``[old, new]``
+        versions per library. Empty when nothing differs."""
+        out: dict[str, Any] = {}
+        for key in ("digest", "image_id", "pull_size", "unpacked_size", "final_size", "files",
+                    "wasted_bytes", "user"):
+            old, now = getattr(self, key), getattr(new, key)
+            if old != now:
+                out[key] = [old, now]
+        for key in ("layers", "violations"):
+            old_items, new_items = getattr(self, key), getattr(new, key)
+            added = [x for x in new_items if x not in old_items]
+            removed = [x for x in old_items if x not in new_items]
+            if added or removed:
+                out[key] = {"added": added, "removed": removed}
+        libraries = {name: [self.libraries.get(name), new.libraries.get(name)]
+                     for name in sorted(self.libraries.keys() | new.libraries.keys())
+                     if self.libraries.get(name) != new.libraries.get(name)}
+        if libraries:
+            out["libraries"] = libraries
+        return out
 
 
 def runtime_config(config: Mapping[str, Any]) -> RuntimeConfig:

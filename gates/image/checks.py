@@ -79,7 +79,11 @@ def _tests(path: str, entry: Entry) -> str | None:
 
 
 def _weights(path: str, entry: Entry) -> str | None:
-    return path if entry.kind in "fh" and path.lower().endswith(WEIGHT_SUFFIXES) else None
+    lower = path.lower()  # a .pth directly in site-packages is a path file, not a checkpoint
+    if lower.endswith(".pth") and lower.rpartition("/")[0].endswith(
+            ("site-packages", "dist-packages")):
+        return None
+    return path if entry.kind in "fh" and lower.endswith(WEIGHT_SUFFIXES) else None
 
 
 def _setuid(path: str, entry: Entry) -> str | None:

@@ -13,22 +13,39 @@ a rollout policy can embed it as ``spec.image``::
 
 Paths are image paths without the leading ``/``; patterns are globs where ``*`` stays within one
 path segment, ``**`` crosses segments, and a pattern also matches everything below what it names.
+
+:class:`ImageSpec` adds what admission needs to bind green to an image: the local image to audit
+(``archive``), and containers' simple signing (``requireSignature``, ``keys``, ``signatures``,
+``identity``; docs/images.md). Its file references are resolved against the policy file's
+directory when the loader passes it as the validation context :data:`POLICY_DIR_CONTEXT`.
 """
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from gates.image.contents import LibraryName
+from gates.image.reader import FORMS
+from gates.image.signing import is_docker_reference
 
 __all__ = [
     "CHECKS",
     "DEFAULT_ALLOW_TESTS",
+    "POLICY_DIR_CONTEXT",
     "AuditPolicy",
     "CheckName",
     "ImageSpec",
@@ -50,6 +67,10 @@ DEFAULT_ALLOW_TESTS: tuple[str, ...] = (
     "**/site-packages/**", "**/dist-packages/**", "usr/lib/python3*/**",
     "usr/local/lib/python3*/**",
 )
+
+#: The validation-context key under which the policy loader passes the policy file's directory
+#: (the same string as ``rollout.policy.models.POLICY_DIR``: gates never import rollout).
+POLICY_DIR_CONTEXT = "policy_dir"
 
 _CONFIG = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True)
 
@@ -96,7 +117,73 @@ class AuditPolicy(BaseModel):
 
 
 class ImageSpec(AuditPolicy):
-    """``spec.image`` of a rollout policy: the audit budget green's image is held to."""
+    """``spec.image`` of a rollout policy: the audit budget green's image is held to, and
+    the signature that binds green's digest to a trusted key (admission gate ``image``)."""
+
+    archive: str | None = Field(None, min_length=1, description=(
+        "Green's image as a local file to audit (oci-archive:PATH, oci:DIR or a path, relative "
+        "to the policy file; a docker save archive has no manifest digest to bind). Its "
+        "manifest digest must equal the digest green declares, or green is refused as "
+        "re-tagged."))
+    require_signature: bool = Field(False, description=(
+        "Green's image digest must carry a simple-signing signature (atomic container "
+        "signature, GPG) by one of keys, for identity, found under signatures."))
+    keys: tuple[str, ...] = Field((), description=(
+        "Trusted public keys: ASCII-armoured or binary OpenPGP key files (gpg --export "
+        "[--armor]), relative to the policy file."))
+    signatures: str | None = Field(None, min_length=1, description=(
+        "Signature directory in containers' lookaside layout "
+        "(DIR/<repository path>@sha256=<hex>/signature-N), relative to the policy file."))
+    identity: str | None = Field(None, description=(
+        "The docker reference the signature must name (e.g. registry.example/sd/server:1.4); "
+        "default: the reference green reports (ROLLOUT_IMAGE_REF)."))
+
+    @field_validator("identity")
+    @classmethod
+    def _docker_reference(cls, v: str | None) -> str | None:
+        if v is not None and not is_docker_reference(v):
+            raise ValueError(f"{v!r} is not a docker reference such as reg.example/sd/server:1")
+        return v
+
+    @field_validator("archive", "signatures")
+    @classmethod
+    def _resolve_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """With the loader's context: relative to the policy file, and it must exist now."""
+        if v is None:
+            return v
+        prefix, sep, rest = v.partition(":")
+        form = prefix + sep if sep and prefix in FORMS else ""
+        path = _resolve(rest if form else v, info)
+        if path is not None and not path.exists():
+            raise ValueError(f"{v!r}: {path} does not exist")
+        return v if path is None else form + str(path)
+
+    @field_validator("keys")
+    @classmethod
+    def _resolve_keys(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        out = []
+        for key in v:
+            path = _resolve(key, info)
+            if path is not None and not path.is_file():
+                raise ValueError(f"key file {key!r} ({path}) does not exist")
+            out.append(key if path is None else str(path))
+        return tuple(out)
+
+    @model_validator(mode="after")
+    def _signature_needs_keys(self) -> ImageSpec:
+        if self.require_signature and (not self.keys or self.signatures is None):
+            raise ValueError("requireSignature: true needs keys (trusted public key files) and "
+                             "signatures (the signature directory)")
+        return self
+
+
+def _resolve(value: str, info: ValidationInfo) -> Path | None:
+    """``value`` against the policy's directory; ``None`` without the loader's context (a
+    saved copy or a model built in code keeps its paths as written)."""
+    context = info.context if isinstance(info.context, dict) else {}
+    if POLICY_DIR_CONTEXT not in context:
+        return None
+    return (Path(context[POLICY_DIR_CONTEXT]) / value).resolve()
 
 
 class Violation(BaseModel):

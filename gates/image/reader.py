@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
-__all__ = ["FORMS", "Form", "Image", "ImageError", "ImageRef", "Layer", "open_image", "parse_ref"]
+__all__ = ["FORMS", "Form", "Image", "ImageError", "ImageRef", "Layer", "manifest_bytes",
+           "open_image", "parse_ref"]
 
 Form = Literal["oci-archive", "docker-archive", "oci"]
 FORMS: tuple[Form, ...] = ("oci-archive", "docker-archive", "oci")
@@ -269,6 +270,20 @@ def _docker_image(store: Store, ref: ImageRef) -> Image:
                             store.size(name), "application/vnd.docker.image.rootfs.diff.tar"))
     return Image("docker-archive", ref.path, None, _sha256(config_bytes), config, tuple(layers),
                  tuple(str(t) for t in entry.get("RepoTags") or []), store)
+
+
+def manifest_bytes(image: Image) -> bytes:
+    """The manifest exactly as stored (its sha256 is :attr:`Image.manifest_digest`): what a
+    simple-signing signature's ``docker-manifest-digest`` names.
+
+    Raises:
+        ImageError: the form has no manifest (a ``docker save`` archive).
+    """
+    if image.manifest_digest is None:
+        raise ImageError(f"{image.form}:{image.path}: a docker save archive has no manifest "
+                         "digest to sign; convert it (skopeo copy docker-archive:P "
+                         "oci-archive:Q) and sign that")
+    return _read_bytes(image.store, _blob_name(image.manifest_digest), image.manifest_digest)
 
 
 @contextmanager

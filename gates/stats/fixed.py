@@ -7,19 +7,36 @@
   ch. 13) on the P95 ratio: calibrated at a fixed n, but blind until n is large and invalid
   under repeated looks. Resampling works on the *sorted* arms with a fixed seed, so the verdict
   is a deterministic function of the two multisets (arrival order cannot change it).
+
+  Bounded cost: drawing ``n_resamples x n`` indices (2000 x 10^6 = 16 GB) does not scale, and
+  a quantile of a resample only depends on two of its order statistics. Resampling index
+  ``floor(n U)`` with ``U`` uniform, the resample's ``k``-th smallest value is
+  ``sorted[floor(n U_(k))]`` where ``U_(k)``, the ``k``-th of ``n`` uniform order statistics,
+  is ``Beta(k, n - k + 1)``, and the next one is ``U_(k)`` plus the minimum of ``n - k``
+  uniforms on ``(U_(k), 1)``. Drawing those two per resample is the same bootstrap
+  distribution in O(n_resamples) draws. Arms of up to :data:`RESAMPLE_DIRECT_MAX` values per
+  resample set are still resampled value by value (in bounded chunks, the same random stream),
+  so verdicts at the sizes the field uses are unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from gates._validation import as_latencies, check_probability
 from gates.verdict import Verdict
 
-__all__ = ["BootstrapResult", "ThresholdResult", "bootstrap_ratio_test", "threshold_test"]
+__all__ = ["RESAMPLE_DIRECT_MAX", "BootstrapResult", "ThresholdResult", "bootstrap_ratio_test",
+           "threshold_test"]
+
+#: Largest ``n_resamples x n`` of one arm resampled value by value; above it the quantile's two
+#: order statistics are drawn directly (module docstring).
+RESAMPLE_DIRECT_MAX = 2**25
+_CHUNK_VALUES = 2**22  # resampled values held at once: 32 MiB of indices
 
 
 @dataclass(frozen=True)
@@ -70,8 +87,8 @@ def bootstrap_ratio_test(blue: ArrayLike, green: ArrayLike, *, quantile: float =
     b = np.sort(as_latencies(blue, arm="blue"))
     g = np.sort(as_latencies(green, arm="green"))
     rng = np.random.default_rng(seed)
-    bq = np.quantile(b[rng.integers(0, b.size, (n_resamples, b.size))], q, axis=1)
-    gq = np.quantile(g[rng.integers(0, g.size, (n_resamples, g.size))], q, axis=1)
+    bq = _resampled_quantiles(b, q, n_resamples, rng)
+    gq = _resampled_quantiles(g, q, n_resamples, rng)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(bq > 0, gq / np.where(bq > 0, bq, 1.0), np.inf)
     a = 1.0 - conf_level
@@ -86,3 +103,25 @@ def bootstrap_ratio_test(blue: ArrayLike, green: ArrayLike, *, quantile: float =
         verdict = Verdict.INCONCLUSIVE
     return BootstrapResult(verdict=verdict, estimate=estimate, ci_low=lo, ci_high=hi,
                            conf_level=conf_level, limit=limit, n_resamples=n_resamples)
+
+
+def _resampled_quantiles(x: NDArray[np.float64], q: float, n_resamples: int,
+                         rng: np.random.Generator) -> NDArray[np.float64]:
+    """The ``q``-quantile (numpy's linear rule) of each of ``n_resamples`` bootstrap resamples
+    of the sorted ``x``, in bounded memory (module docstring)."""
+    n = x.size
+    if n_resamples * n <= RESAMPLE_DIRECT_MAX:
+        rows = max(1, _CHUNK_VALUES // n)
+        return np.concatenate([
+            np.quantile(x[rng.integers(0, n, (min(rows, n_resamples - i), n))], q, axis=1)
+            for i in range(0, n_resamples, rows)])
+    h = (n - 1) * q
+    k = math.floor(h)  # 0-based: the quantile lies between order statistics k and k + 1
+    u = rng.beta(k + 1, n - k, n_resamples)
+    low = x[np.minimum((u * n).astype(np.int64), n - 1)]
+    if k + 1 >= n or h == k:
+        return low
+    # The next uniform order statistic: u plus the minimum of n - k - 1 uniforms on (u, 1).
+    u_next = u - (1.0 - u) * np.expm1(np.log(rng.random(n_resamples)) / (n - k - 1))
+    high = x[np.minimum((u_next * n).astype(np.int64), n - 1)]
+    return low + (h - k) * (high - low)

@@ -138,6 +138,36 @@ def _average_ranks(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], ND
     return ranks, sizes
 
 
+def _shifted_rank_sum(xs: NDArray[np.float64], ys: NDArray[np.float64],
+                      d: float) -> tuple[float, NDArray[np.int64]]:
+    """Rank sum of ``xs - d`` in the pooled sample and its tie-group sizes, from sorted arms.
+
+    Equal, value for value, to ``_average_ranks(np.concatenate((x - d, y)))`` summed over
+    green, but in O(n) after one sort of each arm instead of a sort per probe of the root
+    search (which made 10^6 values per arm take minutes): ``sorted(x) - d`` is still sorted
+    (subtracting a constant is monotone in floating point too), the two arms are merged by
+    binary search, and a value's average rank is the count of smaller values plus half its
+    tie group. Twice every rank is an integer, so the sum is exact in int64, as R's double
+    sum of half-integers is below 2^53.
+    """
+    xd = xs - d
+    y_below = np.searchsorted(ys, xd, side="left")
+    y_equal = np.searchsorted(ys, xd, side="right") - y_below
+    new_x = np.concatenate(([True], xd[1:] != xd[:-1]))
+    x_start = np.maximum.accumulate(np.where(new_x, np.arange(xd.size), 0))
+    x_size = np.diff(np.append(np.flatnonzero(new_x), xd.size))
+    x_equal = np.repeat(x_size, x_size)
+    twice = 2 * (x_start + y_below) + x_equal + y_equal + 1
+    merged = np.empty(xd.size + ys.size)
+    at_x = np.arange(xd.size) + y_below
+    merged[at_x] = xd
+    in_y = np.ones(merged.size, dtype=bool)
+    in_y[at_x] = False
+    merged[in_y] = ys
+    starts = np.flatnonzero(np.concatenate(([True], merged[1:] != merged[:-1])))
+    return float(twice.sum(dtype=np.int64)) / 2, np.diff(np.append(starts, merged.size))
+
+
 def _tie_sigma(n_x: float, n_y: float, ties: NDArray[np.int64]) -> float:
     """Null standard deviation of ``W`` with R's tie correction, in R's order of operations."""
     t = ties.astype(np.float64)
@@ -295,10 +325,12 @@ def _asymptotic_test(
     else:
         p_value = 2 * min(float(ndtr(z)), float(ndtr(-z)))
 
+    xs, ys = np.sort(x), np.sort(y)
+
     def w_of(d: float, with_correction: bool) -> float:
         """R's ``W(d)``: the standardized statistic after shifting green by ``d``."""
-        ranks, ties_d = _average_ranks(np.concatenate((x - d, y)))
-        dz = float(ranks[: x.size].sum()) - n_x * (n_x + 1) / 2 - n_x * n_y / 2
+        rank_sum, ties_d = _shifted_rank_sum(xs, ys, d)
+        dz = rank_sum - n_x * (n_x + 1) / 2 - n_x * n_y / 2
         corr = _continuity(dz, alternative, correct and with_correction)
         return (dz - corr) / _tie_sigma(n_x, n_y, ties_d)
 

@@ -12,8 +12,10 @@ import typer
 
 from rollout.cli import (
     admit,
+    baselines,
     canary,
     compare,
+    controller,
     demo,
     engines,
     image,
@@ -40,11 +42,13 @@ policy.register(app)
 snapshot.register(app)
 engines.register(app)
 image.register(app)
+baselines.register(app)
 admit.register(app)
 rollouts.register(app)
 demo.register(app)
 report.register(app)
 matrix.register(app)
+controller.register(app)
 
 
 @app.callback()

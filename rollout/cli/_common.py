@@ -10,15 +10,26 @@ from __future__ import annotations
 import json
 import sys
 from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "OutputFormat", "bad_input", "print_json"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "ContextOpt", "KubeconfigOpt", "NamespaceOpt",
+           "OutputFormat", "bad_input", "print_json"]
 
 EXIT_BAD_INPUT = 2
 #: Not 1: pipelines read 1 as "green was judged worse"; a crash must not look like a verdict.
 EXIT_INTERNAL = 5
+
+
+#: The options every command that talks to a cluster takes (same names as kubectl's).
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help=(
+    "Namespace of the RolloutPolicy (kubernetes; default: the policy's metadata.namespace, "
+    "else its blue target's namespace, else 'default')."))]
+KubeconfigOpt = Annotated[str | None, typer.Option(help=(
+    "kubeconfig file (kubernetes; default $KUBECONFIG, ~/.kube/config, or the pod's "
+    "ServiceAccount)."))]
+ContextOpt = Annotated[str | None, typer.Option(help="kubeconfig context (kubernetes).")]
 
 
 class OutputFormat(StrEnum):

@@ -1,4 +1,9 @@
-"""``rollout canary``: seeded canary requests to blue and green, judged as they finish."""
+"""``rollout canary``: seeded canary requests to blue and green, judged as they finish.
+
+Each colour may be a fleet: ``--blue``/``--green`` are repeatable (or the policy's
+``targets.<colour>.urls``); the slices are spread over every instance and each green instance
+is judged against blue's pool too (:mod:`gates.stats.fleet`). ``--output json`` has
+``instances: [{arm, url, pod, node, n, p50, p95, errors, verdict}]``."""
 
 from __future__ import annotations
 
@@ -17,9 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-#: Prompt set used when neither ``--prompts`` nor a policy names one.
-DEFAULT_PROMPTS = "policies/prompts/sd15-512.yaml"
-
 
 class ApiChoice(StrEnum):
     """``--api`` choices."""
@@ -31,6 +33,7 @@ class ApiChoice(StrEnum):
 class ImageCheckChoice(StrEnum):
     """``--image-check`` choices (see :mod:`gates.canary.output_check`)."""
 
+    valid = "valid"
     report = "report"
     equal = "equal"
     distance = "distance"
@@ -38,12 +41,15 @@ class ImageCheckChoice(StrEnum):
 
 # Long by its option declarations (typer reads them from the signature); the body is short.
 def canary_command(
-    blue: Annotated[str | None, typer.Option(help="Blue (current) base URL; default: the "
-                                             "policy's blue target.")] = None,
-    green: Annotated[str | None, typer.Option(help="Green (new) base URL; default: the "
-                                              "policy's green target.")] = None,
+    blue: Annotated[list[str] | None, typer.Option(help=(
+        "Blue (current) base URL, repeatable for every instance of a fleet; default: the "
+        "policy's blue target."))] = None,
+    green: Annotated[list[str] | None, typer.Option(help=(
+        "Green (new) base URL, repeatable for every instance of a fleet (each is judged "
+        "against blue's pool); default: the policy's green target."))] = None,
     prompts: Annotated[Path | None, typer.Option(help=(
-        f"Prompt-set YAML; default: the policy's, else {DEFAULT_PROMPTS}."))] = None,
+        "Prompt-set YAML or a shipped set's name; default: the policy's, else the shipped "
+        "sd15-512 (from any working directory)."))] = None,
     policy: Annotated[Path | None, typer.Option(help=(
         "RolloutPolicy: canary settings, targets and gates (flags override it)."))] = None,
     api: Annotated[ApiChoice | None, typer.Option(help="Image API of both arms.")] = None,
@@ -73,9 +79,10 @@ def canary_command(
     max_error_rate: Annotated[float | None, typer.Option(
         help="Error-rate gate: largest acceptable fraction of failed green requests.")] = None,
     image_check: Annotated[ImageCheckChoice | None, typer.Option(help=(
-        "report: compare images, never gate; equal: identical pixels required; distance: "
-        "block-luminance distance at most --max-image-distance; default: the policy's "
-        "outputCheck, else report."))] = None,
+        "valid: fail on broken green images (undecodable, wrong size or count, blank); "
+        "equal: valid and identical pixels; distance: valid and block-luminance distance at "
+        "most --max-image-distance; report: never gate; default: the policy's outputCheck, "
+        "else valid."))] = None,
     max_image_distance: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Bound for --image-check distance; default: the policy's, "
         "else 0.02.")] = None,
@@ -134,31 +141,47 @@ def _build_config(o: dict[str, Any]) -> CanaryConfig:
     """
     from dataclasses import replace
 
+    from gates.canary.fleet import Instance
     from gates.canary.prompts import load_prompts
+    from gates.canary.records import ARMS, Arm
     from gates.canary.runner import CanaryConfig
     from gates.error_rate import ErrorRateGateSpec
     from gates.latency import LatencyGateSpec
-    from rollout.policy.models import CanarySpec, GateSpec, LimitsSpec
+    from rollout.policy.models import CanarySpec, ConfigMapPrompts, GateSpec, LimitsSpec
 
     if o["concurrency"] is not None and o["rate"] is not None:
         raise ValueError("give --concurrency or --rate, not both")
     if o["insecure"] and o["ca_bundle"] is not None:
         raise ValueError("give --insecure or --ca-bundle, not both")
-    canary, urls, limits = CanarySpec(), {"blue": None, "green": None}, LimitsSpec()
+    canary, limits = CanarySpec(), LimitsSpec()
+    urls: dict[Arm, list[str]] = {"blue": [], "green": []}
     gates: list[GateSpec] = [LatencyGateSpec(), ErrorRateGateSpec()]
     if o["policy"] is not None:
         from rollout.policy.loader import load_policy
 
         pol = load_policy(o["policy"]).spec
         canary, limits, gates = pol.canary, pol.limits, list(pol.gates)
-        urls = {arm: getattr(getattr(pol.targets, arm), "url", None) for arm in urls}
-    blue, green = o["blue"] or urls["blue"], o["green"] or urls["green"]
-    if blue is None or green is None:
+        urls = {arm: _target_urls(getattr(pol.targets, arm)) for arm in ARMS}
+    fleet = {arm: [Instance(u.rstrip("/")) for u in o[arm] or urls[arm]] for arm in ARMS}
+    if not fleet["blue"] or not fleet["green"]:
         raise ValueError("give --blue and --green (or a policy whose targets have URLs)")
     prompts = load_prompts(o["prompts"]).prompts if o["prompts"] is not None else None
-    config = CanaryConfig.from_spec(canary, gates, blue_url=blue, green_url=green,
+    if prompts is None and isinstance(canary.prompts, ConfigMapPrompts):
+        raise ValueError(f"the policy's prompt set is in ConfigMap "
+                         f"{canary.prompts.config_map_ref.name}, which only the kubernetes "
+                         "platform reads: give --prompts")
+    config = CanaryConfig.from_spec(canary, gates, fleet=fleet,
                                     max_body_bytes=limits.canary_max_bytes, prompts=prompts)
     return replace(config, **_flag_overrides(o, config))
+
+
+def _target_urls(target: object) -> list[str]:
+    """The base URLs of a policy target (url targets: every one; process targets: theirs)."""
+    from rollout.policy.models import ProcessTarget, UrlTarget
+
+    if isinstance(target, UrlTarget):
+        return target.base_urls
+    return [target.url] if isinstance(target, ProcessTarget) else []
 
 
 def _flag_overrides(o: dict[str, Any], config: CanaryConfig) -> dict[str, Any]:
@@ -262,6 +285,13 @@ def _print_text(r: CanaryResult, config: CanaryConfig) -> None:
         errs = ", ".join(f"{k} {n}" for k, n in r.errors[arm].items() if n) or "none"
         typer.echo(f"{arm:<6} {r.requests[arm]:>8} {lat.size:>7} "
                    + " ".join(f"{_secs(v):>9}" for v in q) + f"  {errs}")
+    if len(r.instances) > 2:  # a fleet: what each instance served
+        typer.echo(f"\n{'arm':<6} {'instance':<40} {'judged':>7} {'P50':>9} {'P95':>9} "
+                   f"{'errors':>6}  verdict")
+        for i in r.instances:
+            where = i.pod + (f"@{i.node}" if i.node else "") if i.pod else i.url
+            typer.echo(f"{i.arm:<6} {where:<40} {i.n:>7} {_secs(i.p50):>9} {_secs(i.p95):>9} "
+                       f"{i.errors:>6}  {i.verdict}")
     typer.echo("")
     for g in r.gates:
         typer.echo(f"gate {g.name} ({g.kind}): {g.verdict.value.upper()}: {g.reason}")

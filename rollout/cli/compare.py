@@ -11,7 +11,10 @@ import typer
 from rollout.cli._common import OutputFormat, bad_input, print_json
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gates.compare import ArmSummary, Comparison
+    from gates.records import LatencyRecords
 
 __all__ = ["register"]
 
@@ -67,8 +70,7 @@ def compare_command(
     from gates.verdict import EXIT_CODES
 
     try:
-        b = load_latencies(blue)
-        g = load_latencies(green)
+        b, g = (_load(load_latencies, path) for path in (blue, green))
         result = compare(b.latencies, g.latencies, method=method.value, quantile=quantile,
                          max_ratio=max_ratio, alpha=alpha, blue_per_green=blue_per_green,
                          fraction=fraction, confidence=confidence, direction=direction.value,
@@ -85,6 +87,19 @@ def compare_command(
     else:
         _print_text(result, b.errors, g.errors)
     raise typer.Exit(EXIT_CODES[result.verdict])
+
+
+def _load(load: Callable[[Path], LatencyRecords], path: Path) -> LatencyRecords:
+    """``load(path)``, with what the reader lets through on hostile content (a number beyond
+    any float, nesting deeper than the parser's stack) as bad input naming the file.
+
+    Raises:
+        ValueError: the file is not a usable latency file.
+    """
+    try:
+        return load(path)
+    except (OverflowError, RecursionError) as e:
+        raise ValueError(f"{path}: unreadable latency file: {type(e).__name__}: {e}") from None
 
 
 def _fmt(v: float | None) -> str:

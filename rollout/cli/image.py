@@ -6,10 +6,15 @@
     rollout image diff A B [--limit N] [--output json]
     rollout audit-image IMAGE [options as above]     (the issue's spelling of ``image audit``)
     rollout audit-image diff A B [--output json]     (the issue's spelling of ``image diff``)
+    rollout image sign IMAGE --key FPR [--gpg-home DIR] --identity REF (-o SIG | --sigstore DIR)
+    rollout image verify IMAGE --identity REF --keyring FILE... (--signature SIG | --sigstore DIR)
 
 IMAGE is ``oci-archive:PATH``, ``docker-archive:PATH``, ``oci:DIR`` (each with an optional
 ``:REF``) or a bare path whose form is recognised. Exit codes: audit 0 clean, 1 violations;
-diff 0 identical, 1 different; 2 bad input (missing file, not an image, bad option). A progress
+diff 0 identical, 1 different; sign 0 signed; verify 0 a signature holds, 1 none does
+(unsigned, another image's digest, another identity, an untrusted key); 2 bad input (missing
+file, not an image, no manifest digest, gpg/skopeo missing, bad option). Signatures are
+containers' simple signing (``skopeo standalone-sign``/``standalone-verify``). A progress
 line goes to stderr while a large image streams, when stderr is a terminal.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -30,14 +36,15 @@ if TYPE_CHECKING:
     from gates.image.layers import Progress
     from gates.image.policy import AuditPolicy
 
-__all__ = ["build_policy", "format_audit", "format_diff", "register", "run_audit", "run_diff"]
+__all__ = ["build_policy", "format_audit", "format_diff", "register", "run_audit", "run_diff",
+           "sign_command", "verify_command"]
 
 _OPTIONS = {"maxPullSize": "--max-pull-size", "pins": "--pin", "allow": "--allow",
             "skip": "--skip", "allowWeights": "--allow-weights"}
 #: Below this many blob bytes an audit is quick: no progress line.
 _PROGRESS_MIN = 100_000_000
 
-image_app = typer.Typer(help="Audit container images and diff two of them (no daemon needed).",
+image_app = typer.Typer(help="Audit, diff, sign and verify container images (no daemon needed).",
                         no_args_is_help=True)
 
 OutputOption = Annotated[
@@ -258,7 +265,101 @@ def audit_image_command(
     run_audit(args[0], policy, largest=largest, output=output)
 
 
+IdentityOption = Annotated[str, typer.Option(
+    "--identity", metavar="REF", help="The docker reference the signature names, e.g. "
+    "registry.example/sd/server:1.4 (a re-tagged image does not verify).")]
+SigstoreOption = Annotated[Path | None, typer.Option(
+    "--sigstore", metavar="DIR", help="Signature directory in containers' lookaside layout "
+    "(DIR/<repository path>@sha256=<hex>/signature-N), as spec.image.signatures reads it.")]
+
+
+@image_app.command("sign")
+def sign_command(
+    image: Annotated[str, typer.Argument(help="oci-archive:PATH, oci:DIR or a path (a docker "
+                                         "save archive has no manifest digest to sign).")],
+    key: Annotated[str, typer.Option("--key", metavar="FPR", help=(
+        "Fingerprint (or key id) of the signing key in the GNUPGHOME."))],
+    identity: IdentityOption,
+    signature: Annotated[Path | None, typer.Option(
+        "--signature", "-o", metavar="SIG", help="Write the signature to this file.")] = None,
+    sigstore: SigstoreOption = None,
+    gpg_home: Annotated[Path | None, typer.Option(
+        "--gpg-home", metavar="DIR", help="GNUPGHOME holding the secret key (default: "
+        "$GNUPGHOME, ~/.gnupg).")] = None,
+    passphrase_file: Annotated[Path | None, typer.Option(
+        "--passphrase-file", help="File holding the key's passphrase.")] = None,
+    output: Annotated[OutputFormat, typer.Option("--output", help="text or json.")] =
+        OutputFormat.text,
+) -> None:
+    """Sign the image's manifest digest for an identity (simple signing, skopeo)."""
+    from gates.image.reader import ImageError
+    from gates.image.signing import SignatureError, image_manifest, lookaside_path, sign
+
+    if (signature is None) == (sigstore is None):
+        bad_input("give -o SIG or --sigstore DIR (one of them)", output=output)
+    try:
+        if sigstore is not None:
+            digest, _ = image_manifest(image)
+            index = 1
+            while lookaside_path(sigstore, identity, digest, index).exists():
+                index += 1
+            signature = lookaside_path(sigstore, identity, digest, index)
+        assert signature is not None
+        signed = sign(image, key=key, identity=identity, output=signature,
+                      gnupg_home=gpg_home, passphrase_file=passphrase_file)
+    except (ImageError, SignatureError) as e:
+        bad_input(str(e), output=output)
+    if output is OutputFormat.json:
+        print_json({"verdict": "signed", **signed.model_dump(mode="json")})
+    else:
+        typer.echo(f"signed {signed.digest} as {signed.identity} with key {signed.key}\n"
+                   f"signature {signed.signature}")
+
+
+@image_app.command("verify")
+def verify_command(
+    image: Annotated[str, typer.Argument(help="oci-archive:PATH, oci:DIR or a path.")],
+    identity: IdentityOption,
+    keyring: Annotated[list[Path], typer.Option(
+        "--keyring", metavar="FILE", help="Trusted public key file(s): gpg --export [--armor] "
+        "(repeatable). Imported into a throwaway GNUPGHOME.")],
+    signature: Annotated[Path | None, typer.Option(
+        "--signature", metavar="SIG", help="The signature file.")] = None,
+    sigstore: SigstoreOption = None,
+    output: OutputOption = OutputFormat.text,
+) -> None:
+    """Check a signature of the image's digest: exit 0 holds, 1 does not, 2 bad input."""
+    from gates.image.reader import ImageError
+    from gates.image.signing import (
+        SignatureError,
+        check_signatures,
+        find_signatures,
+        image_manifest,
+    )
+
+    if (signature is None) == (sigstore is None):
+        bad_input("give --signature SIG or --sigstore DIR (one of them)", output=output)
+    try:
+        digest, manifest = image_manifest(image)
+        found = [signature] if signature is not None else find_signatures(
+            sigstore or Path(), identity, digest)
+        checks = check_signatures(found, digest=digest, identity=identity, keys=keyring,
+                                  manifest=manifest)
+    except (ImageError, SignatureError) as e:
+        bad_input(str(e), output=output)
+    ok = bool(checks) and checks[-1].ok
+    reason = checks[-1].reason if ok else "; ".join(c.reason for c in checks) or (
+        f"unsigned: no signature for {digest} under {sigstore}")
+    if output is OutputFormat.json:
+        print_json({"verdict": "pass" if ok else "fail", "digest": digest,
+                    "identity": identity, "reason": reason,
+                    "signatures": [c.model_dump(mode="json") for c in checks]})
+    else:
+        typer.echo(f"{'VERIFIED' if ok else 'REFUSED'} {digest} as {identity}: {reason}")
+    raise typer.Exit(0 if ok else 1)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``rollout image audit|diff`` and ``rollout audit-image`` to the CLI."""
+    """Add ``rollout image audit|diff|sign|verify`` and ``rollout audit-image`` to the CLI."""
     app.add_typer(image_app, name="image")
     app.command("audit-image", no_args_is_help=True)(audit_image_command)

@@ -1,4 +1,4 @@
-"""``rollout policy validate`` and ``rollout policy schema``."""
+"""``rollout policy validate``, ``rollout policy schema`` and ``rollout policy crd``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from rollout.cli._common import EXIT_BAD_INPUT, OutputFormat, print_json
 
 __all__ = ["register", "schema_document"]
 
-policy_app = typer.Typer(help="Validate policy files and print their JSON Schema.",
+policy_app = typer.Typer(help=("Validate policy files; print their JSON Schema or the "
+                               "RolloutPolicy CRD."),
                          no_args_is_help=True)
 
 
@@ -72,6 +73,26 @@ def validate(
 def schema() -> None:
     """Print the policy language's JSON Schema (committed as policies/schema.json)."""
     typer.echo(json.dumps(schema_document(), indent=2))
+
+
+@policy_app.command("crd")
+def crd(
+    output: Annotated[OutputFormat, typer.Option("--output", "-o", help=(
+        "text: the YAML committed as deploy/k8s/base/crd.yaml; json: the same object."))] = (
+        OutputFormat.text),
+) -> None:
+    """Print the RolloutPolicy CustomResourceDefinition, generated from the policy models.
+
+    Regenerate the committed copy with `rollout policy crd > deploy/k8s/base/crd.yaml`;
+    install it with `kubectl apply --server-side -f deploy/k8s/base/crd.yaml`. Exit 5 if a
+    model cannot be said as a structural schema (a bug to fix in the model, not your input)."""
+    from rollout.k8s.crd import crd as build
+    from rollout.k8s.crd import crd_yaml
+
+    if output is OutputFormat.json:
+        print_json(build())
+    else:
+        typer.echo(crd_yaml(), nl=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,7 @@
 """``rollout report``: one self-contained HTML page with a rollout's evidence.
 
-``rollout report NAME`` reads the latest run of rollout NAME from the state directory;
+``rollout report NAME`` reads the latest run of rollout NAME from the state directory (on
+Kubernetes, ``--platform kubernetes``: from the RolloutPolicy's history ConfigMap);
 ``rollout report --records PATH`` reads canary records alone (a ``requests.jsonl`` or a
 directory holding some), judged with the parameters given here. Prints the written path.
 Exit codes: 0 written, 2 bad input (no such rollout, no records, malformed records).
@@ -13,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from rollout.cli._common import bad_input
-from rollout.cli.rollouts import DEFAULT_STATE, StateDir
+from rollout.cli._common import ContextOpt, KubeconfigOpt, NamespaceOpt, bad_input
+from rollout.cli.rollouts import DEFAULT_STATE, PlatformChoice, PlatformOpt, StateDir
 
 __all__ = ["register"]
 
@@ -31,6 +32,10 @@ def report_command(
     quantile: Annotated[float, typer.Option(help="--records: tail quantile judged.")] = 0.95,
     max_ratio: Annotated[float, typer.Option(help="--records: allowed slowdown factor.")] = 1.0,
     alpha: Annotated[float, typer.Option(help="--records: false-rollback bound.")] = 0.01,
+    platform: PlatformOpt = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """Write an HTML report: decision trail, latency distributions, the judge's evidence,
     utilization, capability differences and errors. Opens offline (no network)."""
@@ -49,7 +54,13 @@ def report_command(
             data = load_records(records, gate=gate)
         else:
             assert name is not None
-            data = load_rollout(name, state_dir)
+            store = None
+            if platform is PlatformChoice.kubernetes:
+                from rollout.cluster import namespace_of, open_rollouts
+
+                store = open_rollouts(namespace=namespace_of(None, namespace),
+                                      kubeconfig=kubeconfig, context=context).store
+            data = load_rollout(name, state_dir, store=store)
         path = write_report(data, out)
     except (RolloutError, RecordsError) as e:
         bad_input(str(e))

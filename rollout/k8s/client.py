@@ -352,7 +352,9 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None,
                 client_configuration=cfg)
         else:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, client_configuration=cfg)
+                # $KUBECONFIG read now: the kubernetes package reads it once, at import.
+                config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context,
+                client_configuration=cfg)
     except (k8s_config.ConfigException, OSError) as e:
         source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise BadInputError(

@@ -1,8 +1,10 @@
 """The ``Platform`` and ``StatusStore`` extension points.
 
 A platform knows where blue and green run and how to reach each of their serving instances (one
-URL per pod on Kubernetes, so a single pod on a bad node is caught), waits for green to be
-ready, and tidies up after a terminal phase (stop or scale down the losing colour, swap roles
+URL per pod on Kubernetes, so a single pod on a bad node is caught; with the pod and node where
+it knows them, so a verdict can name the replica), reads the files a policy keeps in the
+cluster (a ConfigMap's prompt set), waits for green to be ready, and tidies up after a
+terminal phase (stop or scale down the losing colour, swap roles
 on promotion). A status store persists the rollout status with optimistic concurrency and
 hands out the single-writer lock: SQLite + flock locally, a ConfigMap + Lease on Kubernetes.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from gates.canary.fleet import Instance
 from rollout.machine import RolloutStatus
 from rollout.store import Intent, TransitionRecord
 
@@ -26,6 +29,18 @@ class Platform(Protocol):
 
     def endpoints(self, color: str) -> list[str]:
         """Base URLs of every serving instance of ``color`` (canaries and probes go to each)."""
+
+    def instances(self, color: str) -> list[Instance]:
+        """Every serving instance of ``color`` with its pod and node where known (the same
+        instances as :meth:`endpoints`, in the same order)."""
+
+    def config_map_text(self, name: str, key: str) -> str:
+        """The text under ``key`` of ConfigMap ``name`` in the rollout's namespace.
+
+        Raises:
+            BadInputError: the ConfigMap or the key is missing (the message names it), or the
+                platform keeps no ConfigMaps (local).
+        """
 
     def wait_ready(self, color: str, *, timeout: float) -> None:
         """Block until ``color`` serves (readiness, not just liveness), or raise."""

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +55,11 @@ from rollout.k8s.client import CONFIG_MAPS, LEASES, Json, KubeClient
 from rollout.machine import RolloutStatus
 from rollout.store import INTENT_FLAGS, Intent, TransitionRecord
 
-__all__ = ["MAX_BYTES", "ConfigMapStatusStore", "object_name"]
+__all__ = ["MAX_BYTES", "ConfigMapStatusStore", "HeldLease", "object_name"]
 
 STATUS_KEY = "status"
+#: The store generation of the finished run whose tidy-up (role swap, scale-down) completed.
+TIDIED_KEY = "tidied"
 _TRANSITION = "t-"
 _INTENT = "i-"
 #: Bytes of ``data`` we allow ourselves (the API server refuses objects over 1 MiB).
@@ -96,13 +98,23 @@ def _default_identity() -> str:
 
 
 @dataclass
-class _Held:
-    """A Lease we hold, and what the renewal thread found out about it."""
+class HeldLease:
+    """A Lease we hold, and what the renewal thread found out about it.
+
+    ``lost`` says why it is no longer ours (None while it is); ``lost_event`` is set at the
+    same moment, so a holder can block on it instead of polling (the leader election does).
+    """
 
     lease: str
     stop: threading.Event = field(default_factory=threading.Event)
     lost: str | None = None
+    lost_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+
+    def lose(self, why: str) -> None:
+        """Record that the Lease is gone (the renewal thread stops after this)."""
+        self.lost = why
+        self.lost_event.set()
 
 
 @dataclass
@@ -125,7 +137,7 @@ class ConfigMapStatusStore:
     lock_wait: float = 0.0
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
-    _held: dict[str, _Held] = field(default_factory=dict, init=False, repr=False)
+    _held: dict[str, HeldLease] = field(default_factory=dict, init=False, repr=False)
 
     # -- status, history, intents ---------------------------------------------------------
 
@@ -177,6 +189,26 @@ class ConfigMapStatusStore:
         """Forget a finished rollout's status so the name can be promoted again (the history
         stays, as in the SQLite store)."""
         self._update(name, lambda data: {STATUS_KEY: None} if STATUS_KEY in data else {})
+
+    def tidied(self, name: str) -> int | None:
+        """The store generation of the last finished run whose tidy-up completed, if any."""
+        raw = self._data(name).get(TIDIED_KEY)
+        return int(raw) if raw and raw.isdigit() else None
+
+    def mark_tidied(self, name: str, generation: int) -> None:
+        """Record that the tidy-up of the finished run at store ``generation`` completed, so a
+        restarted controller does not swap roles or scale down a second time."""
+        self._update(name, lambda data: {} if data.get(TIDIED_KEY) == str(generation)
+                     else {TIDIED_KEY: str(generation)})
+
+    def set_owner(self, name: str, owner: Json) -> None:
+        """Make ``owner`` (an ownerReference) the controller of the ConfigMap of ``name``, so
+        the cluster deletes the decision trail with the RolloutPolicy it belongs to."""
+        cm = self._get(name)
+        if cm is None or (cm.get("metadata") or {}).get("ownerReferences") == [owner]:
+            return
+        self.client.patch(CONFIG_MAPS, self.namespace, object_name(name),
+                          {"metadata": {"ownerReferences": [owner]}})
 
     def history(self, name: str) -> list[TransitionRecord]:
         """Every recorded transition of ``name`` in order (all runs of that name)."""
@@ -242,28 +274,45 @@ class ConfigMapStatusStore:
 
     # -- the Lease ---------------------------------------------------------------------------
 
-    @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str) -> AbstractContextManager[None]:
         """Hold the Lease of rollout ``name`` while the body runs (renewed in the background).
 
         Raises:
             LockedError: another holder kept it for ``lock_wait`` seconds; names the holder.
         """
-        held = _Held(object_name(name))
-        self._acquire(name, held.lease)
+        return self._locked(name)
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        with self.hold(object_name(name), what=f"rollout {name!r}") as held:
+            self._held[name] = held
+            try:
+                yield
+            finally:
+                del self._held[name]
+
+    @contextmanager
+    def hold(self, lease_name: str, *, what: str) -> Iterator[HeldLease]:
+        """Hold the Lease ``lease_name`` while the body runs, renewed every third of
+        ``lease_duration``, released at the end (``what`` names it in messages). The leader
+        election of the in-cluster controller uses it with ``lock_wait=inf``.
+
+        Raises:
+            LockedError: another holder kept it for ``lock_wait`` seconds; names the holder.
+        """
+        held = HeldLease(lease_name)
+        self._acquire(what, held.lease)
         held.thread = threading.Thread(target=self._renew_loop, args=(held,), daemon=True,
                                        name=f"lease-{held.lease}")
-        self._held[name] = held
         held.thread.start()
         try:
-            yield
+            yield held
         finally:
             held.stop.set()
             held.thread.join()
-            del self._held[name]
             self._release(held.lease)
 
-    def _acquire(self, name: str, lease_name: str) -> None:
+    def _acquire(self, what: str, lease_name: str) -> None:
         started = self.clock()
         while True:
             lease = self._lease(lease_name)
@@ -281,7 +330,7 @@ class ConfigMapStatusStore:
             if waited >= self.lock_wait:
                 renewed = _parse_time(spec.get("renewTime")) or now
                 raise LockedError(
-                    f"rollout {name!r} is locked by {holder} (Lease {self.namespace}/"
+                    f"{what} is locked by {holder} (Lease {self.namespace}/"
                     f"{lease_name}: renewed {now - renewed:.0f}s ago, expires in "
                     f"{expires - now:.0f}s unless renewed); waited {waited:.0f}s. Another "
                     f"controller is acting on this rollout: let it finish, or wait until the "
@@ -304,15 +353,15 @@ class ConfigMapStatusStore:
                 "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
                 "spec": new_spec})
 
-    def _renew_loop(self, held: _Held) -> None:
+    def _renew_loop(self, held: HeldLease) -> None:
         last = self.clock()
         while not held.stop.wait(self.lease_duration / 3):
             try:
                 lease = self._lease(held.lease)
                 spec = (lease or {}).get("spec") or {}
                 if lease is None or spec.get("holderIdentity") != self.identity:
-                    held.lost = (f"lost the Lease {self.namespace}/{held.lease} to "
-                                 f"{spec.get('holderIdentity') or 'nobody (deleted)'}")
+                    held.lose(f"lost the Lease {self.namespace}/{held.lease} to "
+                              f"{spec.get('holderIdentity') or 'nobody (deleted)'}")
                     return
                 self.client.patch(LEASES, self.namespace, held.lease, {
                     "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
@@ -320,11 +369,11 @@ class ConfigMapStatusStore:
                 last = self.clock()
             except (TemporaryError, StateConflictError) as e:
                 if self.clock() - last > self.lease_duration:
-                    held.lost = (f"could not renew the Lease {self.namespace}/{held.lease} for "
-                                 f"{self.lease_duration:.0f}s ({e})")
+                    held.lose(f"could not renew the Lease {self.namespace}/{held.lease} for "
+                              f"{self.lease_duration:.0f}s ({e})")
                     return
             except RolloutError as e:  # 403 and the like: renewing again cannot help
-                held.lost = f"cannot renew the Lease {self.namespace}/{held.lease}: {e}"
+                held.lose(f"cannot renew the Lease {self.namespace}/{held.lease}: {e}")
                 return
 
     def _release(self, lease_name: str) -> None:

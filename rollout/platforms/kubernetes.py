@@ -13,9 +13,13 @@ What it does, in the order a rollout needs it (:func:`build_kubernetes` wires it
    observed the current generation, every replica is updated and available, no old replica
    is left, and the Deployment has not exceeded its progress deadline (fails at once if it
    has). It watches the Deployment (with a server-side timeout) instead of polling.
-3. **endpoints(color)** lists the slot Service's EndpointSlices and returns one URL per ready
-   pod, so canaries and capability checks reach every pod: one pod on a bad GPU node is
-   caught even when the Service would hide it behind its healthy siblings.
+3. **instances(color)** lists the slot Service's EndpointSlices and returns one instance per
+   ready pod (its URL, the pod from the endpoint's ``targetRef`` and the node from its
+   ``nodeName``), so canaries and capability checks reach every pod and a verdict names the
+   replica: one pod on a bad GPU node is caught even when the Service would hide it behind its
+   healthy siblings. ``endpoints(color)`` is their URLs. Needs ``list`` on EndpointSlices.
+   **config_map_text(name, key)** reads a prompt set a policy keeps in a ConfigMap of the
+   namespace (``canary.prompts.configMapRef``), when the analysis starts.
 4. **placements(color)** lists the slot's pods (by its colour label) and reads the labels of
    each pod's node, for the version matrix's node check at admission
    (:func:`gates.matrix.placement_violations`). Needs ``list`` on pods in the namespace and
@@ -33,9 +37,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gates.canary.fleet import Instance
 from gates.matrix import NodePlacement
 from rollout.errors import BadInputError, NotFoundError, StateConflictError, UnavailableError
 from rollout.k8s.client import (
+    CONFIG_MAPS,
     DEPLOYMENTS,
     ENDPOINT_SLICES,
     NODES,
@@ -138,10 +144,20 @@ class KubernetesPlatform:
         Raises:
             UnavailableError: no pod is ready.
         """
+        return [i.url for i in self.instances(color)]
+
+    def instances(self, color: str) -> list[Instance]:
+        """Every ready pod of the slot playing ``color``: ``http://POD_IP:PORT``, the pod
+        (the endpoint's ``targetRef`` when it is a Pod) and its node (``nodeName``), sorted by
+        URL. An address listed by two slices (a Service mid-update) counts once.
+
+        Raises:
+            UnavailableError: no pod is ready.
+        """
         t = self.targets[self.roles.slot(_role(color))]
         slices = self.client.list_objects(ENDPOINT_SLICES, self.namespace, label_selector=(
             f"kubernetes.io/service-name={t.service}"))
-        urls: set[str] = set()
+        found: dict[str, Instance] = {}
         for s in slices:
             port = _slice_port(s, t.port)
             for ep in s.get("endpoints") or []:
@@ -152,12 +168,34 @@ class KubernetesPlatform:
                 addresses = ep.get("addresses") or []
                 if addresses:  # consumers use the first address (the API's rule)
                     host = addresses[0]
-                    urls.add(f"http://[{host}]:{port}" if ":" in host else
-                             f"http://{host}:{port}")
-        if not urls:
+                    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+                    ref = ep.get("targetRef") or {}
+                    pod = str(ref.get("name") or "") if ref.get("kind", "Pod") == "Pod" else ""
+                    found.setdefault(url, Instance(url, pod=pod,
+                                                   node=str(ep.get("nodeName") or "")))
+        if not found:
             raise UnavailableError(f"no ready pod behind Service {self.namespace}/{t.service} "
                                    f"({color}: slot {self.roles.slot(_role(color))})")
-        return sorted(urls)
+        return [found[u] for u in sorted(found)]
+
+    def config_map_text(self, name: str, key: str) -> str:
+        """The text under ``key`` of ConfigMap ``name`` in the rollout's namespace.
+
+        Raises:
+            BadInputError: no such ConfigMap, or it has no such key (the message names both
+                and the keys it has).
+        """
+        try:
+            cm = self.client.get(CONFIG_MAPS, self.namespace, name)
+        except NotFoundError as e:
+            raise BadInputError(f"canary.prompts.configMapRef: ConfigMap {self.namespace}/"
+                                f"{name} not found; create it (kubectl create configmap {name} "
+                                f"--from-file={key}=PROMPTS.yaml) or fix the name") from e
+        data = cm.get("data") or {}
+        if key not in data:
+            raise BadInputError(f"canary.prompts.configMapRef: ConfigMap {self.namespace}/{name} "
+                                f"has no key {key!r} (it has: {', '.join(sorted(data)) or 'none'})")
+        return str(data[key])
 
     def placements(self, color: str) -> list[NodePlacement]:
         """Every live pod of the slot playing ``color``, its node and that node's labels (a

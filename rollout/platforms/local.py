@@ -1,20 +1,24 @@
 """The ``local`` platform (the embedded default): SD servers on this machine.
 
-Targets are URLs of running servers or processes this platform starts from the policy. The
-status lives in SQLite under the state directory (:class:`rollout.store.StateStore`) and the
-router comes from the policy's registry (``haproxy`` or ``none``). Health and readiness probes
-are bounded reads (:mod:`gates.bounded`): one deadline per exchange, a cap on the body, so a
-server that trickles its answer cannot hold the controller.
+Targets are URLs of running servers (``url``, or a fleet under ``urls``: the canary spreads
+over every one of them) or processes this platform starts from the policy (one instance, on
+this host's node). The status lives in SQLite under the state directory
+(:class:`rollout.store.StateStore`) and the router comes from the policy's registry
+(``haproxy`` or ``none``). Health and readiness probes are bounded reads
+(:mod:`gates.bounded`): one deadline per exchange, a cap on the body, so a server that
+trickles its answer cannot hold the controller.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import httpx
 
 from gates.bounded import BoundedReadError, read_bounded
+from gates.canary.fleet import Instance
 from rollout.errors import BadInputError
 from rollout.local.processes import ManagedProcess, start_process, wait_until
 from rollout.machine import Phase, RolloutStatus
@@ -66,18 +70,37 @@ class LocalPlatform:
                 if shutil.which(t.command[0]) is None and not Path(t.command[0]).exists():
                     raise BadInputError(f"targets.{color}.command: {t.command[0]!r} not found")
                 continue
-            try:
-                status = self._probe(f"{t.url}/healthz", _HEALTH_S)
-            except (httpx.HTTPError, BoundedReadError) as e:
-                raise BadInputError(f"targets.{color}.url {t.url} is unreachable ({e}); start "
-                                    "the server or fix the URL") from e
-            if not 200 <= status < 300:
-                raise BadInputError(f"targets.{color}.url {t.url}/healthz answers HTTP "
-                                    f"{status}; start the server or fix the URL")
+            for url in t.base_urls:
+                try:
+                    status = self._probe(f"{url}/healthz", _HEALTH_S)
+                except (httpx.HTTPError, BoundedReadError) as e:
+                    raise BadInputError(f"targets.{color} {url} is unreachable ({e}); start "
+                                        "the server or fix the URL") from e
+                if not 200 <= status < 300:
+                    raise BadInputError(f"targets.{color} {url}/healthz answers HTTP "
+                                        f"{status}; start the server or fix the URL")
 
     def endpoints(self, color: str) -> list[str]:
-        """The one URL of ``color``."""
-        return [self.targets[color].url.rstrip("/")]
+        """Every URL of ``color``."""
+        return [i.url for i in self.instances(color)]
+
+    def instances(self, color: str) -> list[Instance]:
+        """URL targets: each URL (pod and node unknown); a process target: its URL on this
+        host (the node is the hostname)."""
+        t = self.targets[color]
+        if isinstance(t, ProcessTarget):
+            return [Instance(t.url.rstrip("/"), node=socket.gethostname())]
+        return [Instance(url) for url in t.base_urls]
+
+    def config_map_text(self, name: str, key: str) -> str:
+        """The local platform keeps no ConfigMaps.
+
+        Raises:
+            BadInputError: always, saying what to write instead.
+        """
+        raise BadInputError(f"canary.prompts names ConfigMap {name} (key {key}): only the "
+                            "kubernetes platform reads ConfigMaps; give a prompt-set name, a "
+                            "file or an inline set on the local platform")
 
     def wait_ready(self, color: str, *, timeout: float) -> None:
         """Start a process target if needed, then wait for ``/readyz`` to answer 200."""
@@ -87,14 +110,15 @@ class LocalPlatform:
             proc = self.processes[color] = start_process(
                 f"sd-{color}", t.command, env=t.env, log=self.log_dir / f"{color}.log")
             timeout = t.ready_timeout_seconds
+        urls = self.endpoints(color)
 
         def ready() -> bool:
             try:
-                return self._probe(f"{t.url}/readyz", _READY_POLL_S) == 200
+                return all(self._probe(f"{url}/readyz", _READY_POLL_S) == 200 for url in urls)
             except (httpx.HTTPError, BoundedReadError):
                 return False
 
-        wait_until(ready, timeout=timeout, what=f"{color} at {t.url}",
+        wait_until(ready, timeout=timeout, what=f"{color} at {', '.join(urls)}",
                    proc=proc.proc if proc else None, log=proc.log if proc else None)
 
     def finish(self, status: RolloutStatus) -> None:

@@ -22,9 +22,14 @@ Validation refuses what cannot run. Before the schema sees a document, the loade
 * any non-finite number (``.inf``, ``-.inf``, ``.nan``, ``1e400``...): the controller cannot run
   with it and the JSON copy it saves of the policy stores it as ``null``, which then does not load.
 
-File references (``spec.canary.prompts``) are resolved against the policy file's directory
-(``parse_policy``'s ``base_dir``; the working directory for text without a file) and read then:
-a missing or invalid prompt set is a load error naming the resolved path. ``spec.matrix.file``
+Every relative path in a policy is the policy file's, never the working directory's
+(``parse_policy``'s ``base_dir``; the working directory only for text without a file):
+``spec.canary.prompts`` (a file is read and validated then: a missing or invalid prompt set is
+a load error naming the resolved path; a shipped name, an inline set and a ``configMapRef``
+need no path), ``spec.admission.engineManifest`` (read then), ``spec.matrix.file`` (below),
+``spec.router.socket`` of HAProxy, a process target's program (``command[0]`` with a ``/``) and
+``spec.image``'s archive and key files; the policy keeps their absolute paths, so the
+controller runs from any working directory. ``spec.matrix.file``
 names a ``kind: VersionMatrix`` document (:class:`gates.matrix.VersionMatrixDocument`), read
 through the same bounded composer and line walk (its errors name *its* file and lines) and put
 inline, so the saved copy of the policy carries the pins; :func:`load_matrix` reads one alone.

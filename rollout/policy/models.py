@@ -8,11 +8,15 @@ the key of each extension point's registry.
 
 Everything that would fail at run time is refused here, at load, with the field's path: URLs
 (scheme and host), durations (finite, positive where zero cannot work, bounded), quantiles and
-rates, PromQL selectors, and file references. A relative ``canary.prompts`` is resolved against
-the policy file's directory: the loader passes it as the validation context ``policy_dir``
-(:data:`POLICY_DIR`); the prompt set is read and validated then, and the policy keeps its
-absolute path, so the controller runs from any working directory. ``spec.matrix.file`` (a
-``kind: VersionMatrix`` file) is read by the loader, which puts its pins inline.
+rates, PromQL selectors, and file references. Every relative path (``canary.prompts``,
+``admission.engineManifest``, ``matrix.file``, HAProxy's ``socket``, a process target's
+program, ``image``'s files) is resolved against the policy file's directory: the loader passes
+it as the validation context ``policy_dir`` (:data:`POLICY_DIR`, :func:`policy_path`); files
+are read and validated then, and the policy keeps absolute paths, so the controller runs from
+any working directory. ``canary.prompts`` may also hold its set inline or name a ConfigMap key
+(``configMapRef``), which the kubernetes platform reads when an analysis starts.
+``spec.matrix.file`` (a ``kind: VersionMatrix`` file) is read by the loader, which puts its
+pins inline.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from pydantic.alias_generators import to_camel
 
 from gates import bounded
 from gates.canary.output_check import OutputCheckSpec
-from gates.canary.prompts import DEFAULT_PROMPT_SET, PromptSetError, load_prompts, resolve_prompts
+from gates.canary.prompts import (
+    DEFAULT_PROMPT_SET,
+    PromptSet,
+    PromptSetError,
+    load_prompts,
+    resolve_prompts,
+)
 from gates.capability.spec import CapabilityRequirements
 from gates.error_rate import ErrorRateGateSpec
 from gates.image.policy import ImageSpec
@@ -47,11 +57,12 @@ from rollout.k8s.spec import GatewayApiRouterSpec, ServiceSelectorRouterSpec
 from rollout.notify import NotifySpec
 
 __all__ = [
-    "API_VERSION", "POLICY_DIR", "AdmissionSpec", "CanarySpec", "GateSpec", "GatewayApiRouterSpec",
-    "HaproxyRouterSpec", "HttpUrl", "KubernetesTarget", "LimitsSpec", "MatrixSpec", "Metadata",
-    "MetricsSpec", "NoneRouterSpec", "ProcessTarget", "PrometheusSourceSpec", "PromotionSpec",
-    "RollbackSpec", "RolloutPolicy", "RolloutSpec", "RouterSpec", "ServiceSelectorRouterSpec",
-    "StepSpec", "TargetSpec", "Targets", "UrlTarget",
+    "API_VERSION", "POLICY_DIR", "AdmissionSpec", "CanarySpec", "ConfigMapKeyRef",
+    "ConfigMapPrompts", "GateSpec", "GatewayApiRouterSpec", "HaproxyRouterSpec", "HttpUrl",
+    "KubernetesTarget", "LimitsSpec", "MatrixSpec", "Metadata", "MetricsSpec", "NoneRouterSpec",
+    "ProcessTarget", "PrometheusSourceSpec", "PromotionSpec", "PromptsSpec", "RollbackSpec",
+    "RolloutPolicy", "RolloutSpec", "RouterSpec", "ServiceSelectorRouterSpec", "StepSpec",
+    "TargetSpec", "Targets", "UrlTarget", "policy_path",
 ]
 
 API_VERSION = "rollout-gates.dev/v1alpha1"
@@ -86,6 +97,16 @@ def _check_url(value: str) -> str:
     return value
 
 
+def policy_path(value: str, info: ValidationInfo) -> str:
+    """``value`` as an absolute path when it is relative and the loader gave the policy's
+    directory (:data:`POLICY_DIR`); as written otherwise (a saved copy, a model built in code).
+    Every relative path of a policy is the policy file's, never the working directory's."""
+    context = info.context if isinstance(info.context, dict) else {}
+    if POLICY_DIR not in context or Path(value).is_absolute():
+        return value
+    return str((Path(context[POLICY_DIR]) / value).resolve())
+
+
 #: An http(s) base URL, checked as :func:`_check_url` says.
 HttpUrl = Annotated[str, Field(pattern=r"^https?://", json_schema_extra={"format": "uri"}),
                     AfterValidator(_check_url)]
@@ -109,6 +130,10 @@ class Metadata(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description=(
         "DNS-1123 label: lower-case letters, digits and '-', at most 63 characters."))
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+                                  description=(
+        "Kubernetes namespace of the RolloutPolicy object (the CLI's --namespace wins; else "
+        "targets.blue.namespace of a kubernetes target, else default)."))
     labels: dict[str, str] = Field(default_factory=dict, max_length=64, description=(
         "Kubernetes-style labels, copied into every JSON webhook payload as 'labels' (and "
         "shown in Slack messages): route or group notifications by team, model, cluster."))
@@ -131,20 +156,58 @@ class Metadata(_Model):
 
 
 class UrlTarget(_Model):
-    """An already running SD server reachable at ``url``."""
+    """Already running SD servers: one at ``url``, or a fleet at ``urls``."""
 
     type: Literal["url"] = "url"
-    url: HttpUrl = Field(description="Base URL, e.g. http://127.0.0.1:8001")
+    url: HttpUrl = Field(description=(
+        "Base URL, e.g. http://127.0.0.1:8001 (with urls: the first of them unless given)."))
+    urls: list[HttpUrl] = Field(default_factory=list, max_length=256, description=(
+        "Base URLs of every instance of this colour: the canary spreads its slices over all "
+        "of them and judges each green instance against blue's pool."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_urls(cls, data: Any) -> Any:
+        """``urls`` alone: ``url`` is its first (where a single URL is wanted)."""
+        if isinstance(data, dict) and "url" not in data:
+            urls = data.get("urls")
+            if isinstance(urls, list) and urls:
+                return {**data, "url": urls[0]}
+        return data
+
+    @model_validator(mode="after")
+    def _url_in_urls(self) -> UrlTarget:
+        if self.urls and self.url not in self.urls:
+            raise ValueError(f"url {self.url} is not one of urls: list every instance in urls "
+                             "(url may then be left out)")
+        if len(set(self.urls)) != len(self.urls):
+            raise ValueError("urls lists a URL twice")
+        return self
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every instance's base URL, without a trailing slash."""
+        return [u.rstrip("/") for u in (self.urls or [self.url])]
 
 
 class ProcessTarget(_Model):
     """An SD server the local platform starts itself and stops on rollback or promotion."""
 
     type: Literal["process"] = "process"
-    command: list[str] = Field(min_length=1, description="argv of the server process.")
+    command: list[str] = Field(min_length=1, description=(
+        "argv of the server process; a relative program path (with a '/') is relative to the "
+        "policy file, a bare name is looked up on PATH."))
     url: HttpUrl = Field(description="Where the process will serve.")
     env: dict[str, str] = Field(default_factory=dict)
     ready_timeout_seconds: float = Field(120.0, gt=0, le=_HOUR)
+
+    @field_validator("command")
+    @classmethod
+    def _resolve_program(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """A relative program path is the policy's, like every relative path in it."""
+        if "/" not in v[0]:
+            return v
+        return [policy_path(v[0], info), *v[1:]]
 
 
 class KubernetesTarget(_Model):
@@ -172,10 +235,16 @@ class HaproxyRouterSpec(_Model):
     """Weights set through HAProxy's runtime API (admin socket) and read back after each change."""
 
     type: Literal["haproxy"] = "haproxy"
-    socket: str = Field(min_length=1, description="Path of HAProxy's admin stats socket.")
+    socket: str = Field(min_length=1, description=(
+        "Path of HAProxy's admin stats socket, relative to the policy file."))
     backend: str = "sd"
     blue_server: str = "blue"
     green_server: str = "green"
+
+    @field_validator("socket")
+    @classmethod
+    def _resolve_socket(cls, v: str, info: ValidationInfo) -> str:
+        return policy_path(v, info)
 
 
 class NoneRouterSpec(_Model):
@@ -198,12 +267,33 @@ class StepSpec(_Model):
     canary: bool = Field(True, description="Run seeded canary requests during this step.")
 
 
+class ConfigMapKeyRef(_Model):
+    """One key of a ConfigMap in the rollout's namespace."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+class ConfigMapPrompts(_Model):
+    """A prompt set kept in a ConfigMap, read by the kubernetes platform when an analysis
+    starts (a missing ConfigMap or key is an error naming it)."""
+
+    config_map_ref: ConfigMapKeyRef
+
+
+#: ``canary.prompts``: a shipped set's name or a file (relative to the policy), a prompt set
+#: written inline, or a ConfigMap key.
+PromptsSpec = Annotated[str, Field(min_length=1)] | PromptSet | ConfigMapPrompts
+
+
 class CanarySpec(_Model):
     """Seeded canary requests sent to both arms in shared time slices."""
 
-    prompts: str = Field(DEFAULT_PROMPT_SET, min_length=1, description=(
-        "Prompt set: the name of a shipped set (sd15-512, sdxl-1024, tiny-64) or a YAML file, "
-        "relative to the policy file's directory (read and validated at load)."))
+    prompts: PromptsSpec = Field(DEFAULT_PROMPT_SET, description=(
+        "Prompt set: the name of a shipped set (sd15-512, sdxl-1024, tiny-64) or a YAML file "
+        "relative to the policy file's directory (read and validated at load); or the set "
+        "inline ({name, defaults, prompts}); or {configMapRef: {name, key}} (kubernetes: read "
+        "from the rollout's namespace when the analysis starts)."))
     api: Literal["openai", "a1111"] = "openai"
     max_requests: int = Field(600, ge=1, description="Budget of green requests per analysis.")
     concurrency: int = Field(8, ge=1, le=256, description=(
@@ -219,15 +309,17 @@ class CanarySpec(_Model):
         "Open-loop arrivals (slices per second) instead of fixed concurrency: no coordinated "
         "omission, and no lock-step queue phases between the arms."))
     output_check: OutputCheckSpec = Field(default_factory=OutputCheckSpec, description=(
-        "Same prompt and seed on both arms: compare the images (report, equal, distance)."))
+        "Same prompt and seed on both arms: compare the images (valid, report, equal, "
+        "distance)."))
 
     @field_validator("prompts")
     @classmethod
-    def _resolve_prompts(cls, v: str, info: ValidationInfo) -> str:
+    def _resolve_prompts(cls, v: str | PromptSet | ConfigMapPrompts,
+                         info: ValidationInfo) -> str | PromptSet | ConfigMapPrompts:
         """With the loader's context: the file, relative to the policy, must load now."""
         context = info.context if isinstance(info.context, dict) else {}
-        if POLICY_DIR not in context:  # a saved copy or a model built in code: as written
-            return v
+        if not isinstance(v, str) or POLICY_DIR not in context:  # inline, a ConfigMap, a
+            return v  # saved copy or a model built in code: as written
         base = Path(context[POLICY_DIR])
         try:
             load_prompts(v, base)

@@ -42,6 +42,8 @@ _BUILTIN_METHODS = {
                       "memory format, compilation, ORT providers) equal to blue's",
     "engines": "every TensorRT engine of spec.admission.engineManifest present with its hash "
                "and built for each green instance's TensorRT and compute capability",
+    "image": "green's declared image digest audited against spec.image (archive digest must "
+             "match) and, with requireSignature, signed for its identity by a trusted key",
     **MATRIX_CHECKS,
 }
 # Keys of a canary gate's evidence that are its parameters (the rest are its results).

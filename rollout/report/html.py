@@ -216,6 +216,20 @@ def _recorded_gates(run: CanaryRun) -> str:
         ["gate", "type", "verdict", "reason"], rows)
 
 
+def _instances(recorded: Mapping[str, Any] | None) -> str:
+    """What each serving instance served, when a colour was a fleet (a green instance that
+    failed is the one to look at: its pod and node)."""
+    rows = (recorded or {}).get("instances") or []
+    if len(rows) <= 2:
+        return ""
+    return "<h3>Per instance</h3>" + _table(
+        ["arm", "pod", "node", "url", "judged", "P50 s", "P95 s", "failed", "verdict"],
+        [[_e(i.get("arm")), _e(i.get("pod") or "-"), _e(i.get("node") or "-"), _e(i.get("url")),
+          _num(i.get("n")), _s(i.get("p50")), _s(i.get("p95")), _num(i.get("errors")),
+          _badge(str(i.get("verdict"))) if i.get("arm") == "green" else _e(i.get("verdict"))]
+         for i in rows])
+
+
 def _replay_text(r: JudgeReplay) -> str:
     if r.result is None:
         return (f"<p>Gate <b>{_e(r.gate.name)}</b> uses method <code>{_e(r.gate.method)}</code>, "
@@ -249,7 +263,7 @@ def _canary(run: CanaryRun, plots: ModuleType | None,
                    f"{_e(rec.get('elapsed_s'))} s; slices: {_e(slices)}</span></p>")
     if not run.rows:
         return head + summary + '<div class="note">No request records for this analysis.</div>' \
-            + _recorded_gates(run) + "</section>"
+            + _instances(rec) + _recorded_gates(run) + "</section>"
     blue, green = run.latencies("blue"), run.latencies("green")
     q = run.gates[0].quantile if run.gates else 0.95
     quantiles = tuple(sorted({0.5, 0.95, 0.99, q}))
@@ -257,7 +271,7 @@ def _canary(run: CanaryRun, plots: ModuleType | None,
                  for arm, v in (("blue", blue), ("green", green))}
     parts = [head, summary, f"<p class='meta'>records: <code>{_e(run.path)}</code> · K = "
              f"{run.blue_per_green} blue per green</p>", "<h3>Latency per arm</h3>",
-             _arm_table(summaries)]
+             _arm_table(summaries), _instances(rec)]
     if blue.size and green.size:
         parts.append(_plot(plots, "latency distributions", "distributions", blue, green,
                            quantile=q))

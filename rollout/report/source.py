@@ -247,9 +247,12 @@ def _trail_entry(h: TransitionRecord) -> TrailEntry:
 
 
 def _latency_gates(canary: Mapping[str, Any]) -> tuple[LatencyGateParams, ...]:
+    """The recorded latency gates; the pooled judge's level where green was a fleet (its
+    ``alpha`` shared with the per-instance judges, :mod:`gates.stats.fleet`)."""
     return tuple(
         LatencyGateParams(name=str(g["name"]), quantile=float(g["quantile"]),
-                          alpha=float(g["alpha"]), max_ratio=float(g["max_ratio"]),
+                          alpha=float((g.get("levels") or {}).get("pooled_alpha", g["alpha"])),
+                          max_ratio=float(g["max_ratio"]),
                           method=str(g.get("method", "sequential")), recorded=g)
         for g in recorded_latency_gates(canary.get("gates", [])))
 

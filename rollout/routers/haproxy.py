@@ -35,6 +35,7 @@ from rollout.machine import Weights
 __all__ = ["HaproxyRouter", "haproxy_command"]
 
 _log = logging.getLogger("rollout.routers.haproxy")
+_MAX_ANSWER_BYTES = 1 << 20  # `get weight` answers ~20 bytes
 _WEIGHT = re.compile(r"^(\d+) \(initial (\d+)\)")
 
 
@@ -49,9 +50,13 @@ def haproxy_command(socket_path: str | Path, command: str, *, timeout: float = 5
             s.settimeout(timeout)
             s.connect(str(socket_path))
             s.sendall(command.encode() + b"\n")
-            chunks = []
+            chunks, size, end = [], 0, time.monotonic() + timeout
             while chunk := s.recv(65536):
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > _MAX_ANSWER_BYTES or time.monotonic() > end:  # an endless answer
+                    raise UnavailableError(f"HAProxy admin socket {socket_path}: answer over "
+                                           f"{_MAX_ANSWER_BYTES} bytes or {timeout:g} s")
     except (FileNotFoundError, ConnectionRefusedError) as e:
         raise UnavailableError(f"HAProxy admin socket {socket_path}: {e.strerror}") from e
     except OSError as e:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from gates.canary.loopback import LoopbackBehaviour, LoopbackServer
 from rollout.cli import canary, compare
+from rollout.platforms.local import LocalPlatform
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "policies" / "prompts" / "tiny-64.yaml")
@@ -161,11 +162,8 @@ def test_policy_canary_is_the_analyzers_canary(tmp_path: Path) -> None:
 """), encoding="utf-8")
     policy = load_policy(path)
 
-    class Urls:
-        def endpoints(self, color: str) -> list[str]:
-            return [getattr(policy.spec.targets, color).url]
-
-    analyzer = PolicyAnalyzer(policy, Urls(), records_dir=tmp_path)  # type: ignore[arg-type]
+    analyzer = PolicyAnalyzer(policy, LocalPlatform(policy, log_dir=tmp_path),
+                              records_dir=tmp_path)
     flags = {n: p.default for n, p in inspect.signature(canary.canary_command).parameters.items()}
     from_cli = canary._build_config({**flags, "policy": path})
     assert from_cli == analyzer.canary_config()

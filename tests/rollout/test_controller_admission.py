@@ -19,6 +19,7 @@ from fakes import url_policy
 from gates.verdict import Verdict
 from rollout.analysis import PolicyAnalyzer
 from rollout.machine import Plan, RolloutStatus
+from rollout.platforms.local import LocalPlatform
 from rollout.policy.loader import parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,12 +129,8 @@ ABORT = "abort requested by user"
 def analyzer(blue_url: str, green_url: str, tmp_path: Path, spec: str,
              **kw: Any) -> PolicyAnalyzer:
     policy = parse_policy(url_policy("stop", blue_url, green_url, spec + "\n"))
-
-    class Urls:
-        def endpoints(self, color: str) -> list[str]:
-            return [blue_url if color == "blue" else green_url]
-
-    return PolicyAnalyzer(policy, Urls(), records_dir=tmp_path, **kw)  # type: ignore[arg-type]
+    return PolicyAnalyzer(policy, LocalPlatform(policy, log_dir=tmp_path), records_dir=tmp_path,
+                          **kw)
 
 
 STATUS = RolloutStatus(name="stop", plan=Plan(weights=(0,)))
@@ -194,7 +191,8 @@ def test_a_canary_step_is_interrupted_within_one_slice_keeping_its_evidence(
     assert took < 4 * 0.3 + 1.0  # three slices, at most one more: never the 200-slice budget
     canary = obs.evidence["canary"]
     assert canary["stopped_by"] == "cancelled" and canary["slices"]["judged"] == 3
-    assert set(obs.gates) == {"latency", "error-rate"}  # measured until then, kept
+    # measured until then, kept (the output check is on by default: images compared so far)
+    assert set(obs.gates) == {"latency", "error-rate", "output"}
     assert all(gate.verdict is not Verdict.PASS for gate in obs.gates.values())
 
 

@@ -21,6 +21,7 @@ import typer
 from fakes import Router
 from typer.testing import CliRunner
 
+from gates.canary.fleet import Instance
 from gates.canary.loopback import LoopbackBehaviour, LoopbackServer
 from gates.records import RecordsError
 from gates.stats.sequential import SequentialJudge
@@ -57,6 +58,12 @@ class Platform:
 
     def endpoints(self, color: str) -> list[str]:
         return [self.urls[color]]
+
+    def instances(self, color: str) -> list[Instance]:
+        return [Instance(self.urls[color])]
+
+    def config_map_text(self, name: str, key: str) -> str:
+        raise AssertionError("the harness keeps no ConfigMaps")
 
     def wait_ready(self, color: str, *, timeout: float) -> None:
         pass

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gates.canary.fleet import Instance
 from gates.registry import checks
 from gates.utilization.prometheus import dcgm_query
 from rollout.analysis import PolicyAnalyzer
@@ -30,6 +31,13 @@ class UnreachablePlatform:
 
     def endpoints(self, color: str) -> list[str]:
         return [f"http://127.0.0.1:9/{color}"]
+
+    def instances(self, color: str) -> list[Instance]:
+        return [Instance(u) for u in self.endpoints(color)]
+
+    def config_map_text(self, name: str, key: str) -> str:
+        """The overlays' ConfigMap (kustomize generates it from the shipped set)."""
+        return (ROOT / "policies" / "prompts" / "sd15-512.yaml").read_text()
 
     def wait_ready(self, color: str, *, timeout: float) -> None:
         pass

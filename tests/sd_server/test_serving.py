@@ -176,9 +176,9 @@ def _wait_metric(server: Server, name: str, value: float, timeout_s: float = 60)
     pytest.fail(f"{name} never reached {value}")
 
 
-def test_full_queue_gets_503_with_retry_after_and_queued_requests_batch(
+def test_full_queue_gets_429_with_retry_after_and_queued_requests_batch(
         main_server: Server) -> None:
-    """One slow request runs; two compatible ones fill the queue (size 2); the next gets 503.
+    """One slow request runs; two compatible ones fill the queue (size 2); the next gets 429.
 
     The two queued requests then run as one batch of two: dynamic batching, for real.
     """
@@ -202,7 +202,7 @@ def test_full_queue_gets_503_with_retry_after_and_queued_requests_batch(
     for t in (slow, *queued):
         t.join(timeout=120)
     assert results["slow"].status_code == 200, results["slow"].text
-    assert rejected.status_code == 503, rejected.text
+    assert rejected.status_code == 429, rejected.text
     assert int(rejected.headers["retry-after"]) >= 1
     assert rejected.json()["error"]["type"] == "queue_full"
     for key in ("q0", "q1"):

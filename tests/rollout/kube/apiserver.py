@@ -14,6 +14,10 @@ a private event loop, and tests talk to it over real HTTP.
 * ``labelSelector`` filtering of lists and watches (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``);
 * ``timeoutSeconds`` on watches (kmock's streams never end by themselves), and no event lost
   between a watch's initial snapshot and its subscription (kmock subscribes after);
+* API discovery of the RolloutPolicy resource with its ``status`` subresource, and of what
+  kopf waits for (:data:`DISCOVERED`), so a kopf operator runs against it unchanged;
+* a JSON patch whose ``test`` operation fails is answered 422, as Kubernetes does (kopf
+  guards its patches with a test of ``resourceVersion`` and retries on 422);
 * faults that *replace* a request (kmock's injected responses still apply the change):
   an HTTP status, a delay longer than the client's timeout, optionally after applying.
 
@@ -63,7 +67,23 @@ from rollout.policy.models import API_VERSION, RolloutPolicy
 
 RESOURCES = ("apps/v1/deployments", "v1/services", "v1/configmaps",
              "discovery.k8s.io/v1/endpointslices", "coordination.k8s.io/v1/leases",
-             "gateway.networking.k8s.io/v1/httproutes")
+             "gateway.networking.k8s.io/v1/httproutes", "v1/pods")
+_VERBS = ("get", "list", "watch", "create", "patch", "update", "delete")
+#: What kopf discovers before it watches anything: our CRD's resource with its ``status``
+#: subresource (kopf then patches status there), Namespaces and CRDs (kopf waits for both to
+#: be served even with scanning disabled), Events (kopf posts them), and cluster-scoped Nodes.
+DISCOVERED: dict[str, dict[str, Any]] = {
+    "rollout-gates.dev/v1alpha1/rolloutpolicies": dict(
+        kind="RolloutPolicy", singular="rolloutpolicy", namespaced=True, verbs=_VERBS,
+        subresources={"status"}, categories={"all"}),
+    "v1/namespaces": dict(kind="Namespace", singular="namespace", namespaced=False,
+                          verbs=_VERBS),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": dict(
+        kind="CustomResourceDefinition", singular="customresourcedefinition",
+        namespaced=False, verbs=_VERBS),
+    "v1/events": dict(kind="Event", singular="event", namespaced=True, verbs=_VERBS),
+    "v1/nodes": dict(kind="Node", singular="node", namespaced=False, verbs=_VERBS),
+}
 
 #: Fast backoff for tests: the schedule is the same, only the scale differs.
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, request_timeout=0.5)
@@ -113,6 +133,19 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def _pointer(obj: Any, path: str) -> Any:
+    """The value at JSON pointer ``path`` in ``obj`` (None where it is absent)."""
+    for part in filter(None, path.split("/")):
+        key = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(obj, dict):
+            obj = obj.get(key)
+        elif isinstance(obj, list) and key.isdigit() and int(key) < len(obj):
+            obj = obj[int(key)]
+        else:
+            return None
+    return obj
+
+
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("labels") or {})
 
@@ -160,6 +193,8 @@ class ApiServer(kmock.KubernetesEmulator):
         data = copy.deepcopy(request.data)
         if request.action == kmock.action.CREATE:
             meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):  # kopf's events
+                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
             meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_rv(),
                         creationTimestamp=datetime.datetime.now(datetime.UTC).strftime(
                             "%Y-%m-%dT%H:%M:%SZ"))
@@ -174,6 +209,11 @@ class ApiServer(kmock.KubernetesEmulator):
         current = copy.deepcopy(self.objects[key].raw)
         meta = current.get("metadata") or {}
         if isinstance(data, list):  # JSON patch: stamp by an extra operation
+            for op in data:  # a failed "test" is 422 (kopf's optimistic precondition)
+                if op.get("op") == "test" and _pointer(current, op["path"]) != op.get("value"):
+                    raise kmock.KubernetesError(
+                        status=422, reason="Invalid",
+                        message=f"the server rejected our request: test of {op['path']} failed")
             return [*data, {"op": "replace", "path": "/metadata/resourceVersion",
                             "value": self._next_rv()}]
         wanted = (data.get("metadata") or {}).get("resourceVersion")
@@ -299,6 +339,8 @@ def running_cluster() -> Iterator[Cluster]:
         api = ApiServer()
         for res in RESOURCES:
             api.resources[res] = {}
+        for res, info in DISCOVERED.items():
+            api.resources[res] = info
         stop = asyncio.Event()
         async with api, kmock.Server(api) as srv:
             box.update(api=api, url=str(srv.url).rstrip("/"), stop=stop)
@@ -325,42 +367,49 @@ def running_cluster() -> Iterator[Cluster]:
 NS = "sd"
 
 
-def _deployment(slot: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": "sd-server", COLOR_LABEL: slot}
-    return {"metadata": {"name": f"sd-{slot}", "labels": labels},
+def _deployment(slot: str, replicas: int, prefix: str = "sd") -> dict[str, Any]:
+    labels = {"app": "sd-server", COLOR_LABEL: slot, **_fleet(prefix)}
+    return {"metadata": {"name": f"{prefix}-{slot}", "labels": labels},
             "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels},
                                   "spec": {"containers": [{"name": "sd", "image": "sd:1"}]}}}}
 
 
-def _service(name: str, slot: str) -> dict[str, Any]:
+def _fleet(prefix: str) -> dict[str, str]:
+    """A label telling two fleets of one namespace apart (none for the default one)."""
+    return {} if prefix == "sd" else {"fleet": prefix}
+
+
+def _service(name: str, slot: str, prefix: str = "sd") -> dict[str, Any]:
     return {"metadata": {"name": name},
-            "spec": {"selector": {"app": "sd-server", COLOR_LABEL: slot},
+            "spec": {"selector": {"app": "sd-server", COLOR_LABEL: slot, **_fleet(prefix)},
                      "ports": [{"name": "http", "port": 80, "targetPort": 8000}]}}
 
 
-def _slice(slot: str, ips: list[str], ready: list[bool]) -> dict[str, Any]:
-    return {"metadata": {"name": f"sd-{slot}-abcde",
-                         "labels": {"kubernetes.io/service-name": f"sd-{slot}"}},
+def _slice(slot: str, ips: list[str], ready: list[bool], prefix: str = "sd") -> dict[str, Any]:
+    return {"metadata": {"name": f"{prefix}-{slot}-abcde",
+                         "labels": {"kubernetes.io/service-name": f"{prefix}-{slot}"}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8000}],
             "endpoints": [{"addresses": [ip], "conditions": {"ready": r}}
                           for ip, r in zip(ips, ready, strict=True)]}
 
 
-def seed(kube: KubeClient) -> None:
-    """Blue serves 2 replicas; green was scaled down after the previous rollout."""
+def seed(kube: KubeClient, prefix: str = "sd") -> None:
+    """Blue serves 2 replicas; green was scaled down after the previous rollout. ``prefix``
+    names a second fleet in the same namespace (``PREFIX-blue``, HTTPRoute ``PREFIX``...)."""
     for slot, replicas in (("blue", 2), ("green", 0)):
-        kube.create(DEPLOYMENTS, NS, _deployment(slot, replicas))
-        kube.create(SERVICES, NS, _service(f"sd-{slot}", slot))
-    kube.create(SERVICES, NS, _service("sd-active", "blue"))
-    kube.create(SERVICES, NS, _service("sd-preview", "green"))
-    kube.create(HTTP_ROUTES, NS, {"metadata": {"name": "sd"}, "spec": {
+        kube.create(DEPLOYMENTS, NS, _deployment(slot, replicas, prefix))
+        kube.create(SERVICES, NS, _service(f"{prefix}-{slot}", slot, prefix))
+    kube.create(SERVICES, NS, _service(f"{prefix}-active", "blue", prefix))
+    kube.create(SERVICES, NS, _service(f"{prefix}-preview", "green", prefix))
+    kube.create(HTTP_ROUTES, NS, {"metadata": {"name": prefix}, "spec": {
         "parentRefs": [{"name": "gw"}],
-        "rules": [{"backendRefs": [{"name": "sd-blue", "port": 80, "weight": 100},
-                                   {"name": "sd-green", "port": 80, "weight": 0}]}]}})
-    kube.create(ENDPOINT_SLICES, NS, _slice("blue", ["127.0.10.1", "127.0.10.2"], [True, True]))
+        "rules": [{"backendRefs": [{"name": f"{prefix}-blue", "port": 80, "weight": 100},
+                                   {"name": f"{prefix}-green", "port": 80, "weight": 0}]}]}})
+    kube.create(ENDPOINT_SLICES, NS, _slice("blue", ["127.0.10.1", "127.0.10.2"], [True, True],
+                                            prefix))
     kube.create(ENDPOINT_SLICES, NS, _slice("green", ["127.0.20.1", "127.0.20.2", "127.0.20.3"],
-                                            [True, False, True]))
+                                            [True, False, True], prefix))
 
 
 class FakeDeploymentController:

@@ -15,6 +15,12 @@ Only the generation routes need the bearer token (when one is configured): probe
 capabilities are read by kubelets, Prometheus and the controller, and reveal no user data.
 Every error is JSON ``{"error": {"message", "type", "param", "code"}}`` with the reason; timings
 come back in the body and in a ``Server-Timing`` header (milliseconds).
+
+Bounds (:class:`~sd_server.config.Limits`, docs/threats.md): a body over ``max_body_bytes`` is
+a 413 (read no further, streamed or not); out-of-range ``n``, steps, sizes, prompt lengths a
+400 naming the field; a full queue a 429 with ``Retry-After``; a request past
+``request_timeout_s`` (queue wait included) a 504; connections past ``max_connections`` get
+uvicorn's 503.
 """
 
 from __future__ import annotations
@@ -129,6 +135,17 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) 
         return job.result()
     job.cancel()
     raise ClientClosedError("client closed the connection before the images were ready")
+
+
+async def _within(limit_s: float, work: Coroutine[Any, Any, T]) -> T:
+    """``work``, cancelled past ``limit_s`` seconds (a queued job is then dropped, as for a
+    client that left).
+
+    Raises:
+        TimeoutError: the limit passed first.
+    """
+    async with asyncio.timeout(limit_s):
+        return await work
 
 
 @dataclass
@@ -352,12 +369,17 @@ async def _generate(state: ServerState, request: Request, endpoint: str, model: 
             spec, items = to_job(req, state.cfg.limits, state.defaults)
         except RequestError as e:
             raise ApiError(e.status, "validation", str(e), e.param) from e
+        limit_s = state.cfg.limits.request_timeout_s
         try:
-            result = await _unless_client_leaves(request, state.batcher.submit(spec, items))
+            result = await _unless_client_leaves(
+                request, _within(limit_s, state.batcher.submit(spec, items)))
         except ClientClosedError as e:
             raise ApiError(499, "client_closed", str(e)) from e
-        except QueueFullError as e:
-            raise ApiError(503, "queue_full", f"{e}; retry after {e.retry_after_s} s",
+        except TimeoutError as e:
+            raise ApiError(504, "timeout", f"no images within the server's request timeout "
+                           f"of {limit_s:g} s (queue wait included)") from e
+        except QueueFullError as e:  # the client's to slow down: 429, as rate limiters say
+            raise ApiError(429, "queue_full", f"{e}; retry after {e.retry_after_s} s",
                            headers={"Retry-After": str(e.retry_after_s)}) from e
         except ServerClosingError as e:
             raise ApiError(503, "not_ready", str(e), headers={"Retry-After": "5"}) from e

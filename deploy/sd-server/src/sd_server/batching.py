@@ -133,7 +133,14 @@ class Batcher:
         self._pending.append(job)
         self._metrics.queue_depth.set(len(self._pending))
         self._arrived.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the client left or its time ran out: free the slot
+            # now, so the queue bound counts only requests someone still waits for
+            if job in self._pending:
+                self._pending.remove(job)
+                self._metrics.queue_depth.set(len(self._pending))
+            raise
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -58,6 +58,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _rate(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -108,7 +115,7 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-wait-ms", type=_non_negative, default=25.0,
                    help="how long the oldest request may wait for a batch to fill")
     g.add_argument("--queue-size", type=_positive_int, default=64,
-                   help="waiting requests before 503")
+                   help="waiting requests before 429 with Retry-After")
     g.add_argument("--min-side", type=_positive_int, default=Limits.min_side)
     g.add_argument("--max-side", type=_positive_int, default=Limits.max_side)
     g.add_argument("--max-steps", type=_positive_int, default=Limits.max_steps)
@@ -116,6 +123,10 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
                    help="n / batch_size per request")
     g.add_argument("--max-prompt-chars", type=_positive_int, default=Limits.max_prompt_chars)
     g.add_argument("--max-body-bytes", type=_positive_int, default=Limits.max_body_bytes)
+    g.add_argument("--max-connections", type=_positive_int, default=Limits.max_connections,
+                   help="open connections before new ones get 503 (probes included)")
+    g.add_argument("--request-timeout", type=_positive, default=Limits.request_timeout_s,
+                   help="seconds a generation request may take, queue included, before 504")
     g.add_argument("--default-size", type=_positive_int, default=None,
                    help="image side when a request gives none (default: the model's native)")
     g.add_argument("--default-steps", type=_positive_int, default=None,
@@ -246,6 +257,8 @@ def _config(a: argparse.Namespace, default_steps: int, token: str | None) -> Ser
             max_images=a.max_images,
             max_prompt_chars=a.max_prompt_chars,
             max_body_bytes=a.max_body_bytes,
+            max_connections=a.max_connections,
+            request_timeout_s=a.request_timeout,
         ),
         batching=BatchingConfig(
             max_batch=a.max_batch, max_wait_s=a.max_wait_ms / 1000, queue_size=a.queue_size
@@ -338,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server = uvicorn.Server(uvicorn.Config(
         create_app(state, stop), host=cfg.host, port=cfg.port, log_level="info",
-        access_log=cfg.access_log, lifespan="on", timeout_graceful_shutdown=30))
+        access_log=cfg.access_log, lifespan="on", timeout_graceful_shutdown=30,
+        limit_concurrency=cfg.limits.max_connections))
     server.run()
     if state.exit_code == EXIT_REFUSED:
         _refuse("serve", state.violations)

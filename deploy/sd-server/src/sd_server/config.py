@@ -134,6 +134,12 @@ class Limits:
     max_prompt_chars: int = 2000
     max_body_bytes: int = 64 * 1024
     max_guidance_scale: float = 30.0
+    #: Open connections (probes and scrapes included) before new ones get uvicorn's 503: each
+    #: holds a socket and a task; above the queue plus a batch so probes still get through.
+    max_connections: int = 128
+    #: Seconds one generation request may take, queue wait included, before a 504; a job
+    #: still queued then is dropped, a batch already running finishes unread.
+    request_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ ERROR_KINDS = (
     "out_of_memory",
     "injected",
     "client_closed",
+    "timeout",
 )
 
 
