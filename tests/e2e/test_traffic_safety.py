@@ -9,12 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +21,7 @@ import httpx
 import pytest
 import yaml
 from e2e_stack import ROLLOUT, ROOT, Stack, last_json, start_stack
+from faulty_peer import png_bomb
 
 from rollout.machine import Weights
 from rollout.store import StateStore
@@ -43,17 +42,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.stop()
 
 
-def _png_bomb(side: int = 20000) -> bytes:
-    """A 1-bit ``side`` x ``side`` all-black PNG: ~50 KB on the wire, 400 MB once decoded."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    row = b"\0" * (1 + (side + 7) // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row * 1000) for _ in range(side // 1000)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0,
-                                                                 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 class BombGreen:
@@ -61,7 +49,7 @@ class BombGreen:
     request with HTTP 200 and a decompression bomb for each image."""
 
     def __init__(self, blue: str) -> None:
-        bomb = base64.b64encode(_png_bomb()).decode()
+        bomb = base64.b64encode(png_bomb()).decode()
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, status: int, body: bytes, ctype: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import url_policy
+from fakes import reply, url_policy
 
 from gates.verdict import Verdict
 from rollout.analysis import PolicyAnalyzer
@@ -42,12 +42,7 @@ class Instance:
                 instance.hits[self.path] += 1
                 status, body = (200, {"ready": True}) if self.path == "/readyz" else \
                     (instance.caps_status, instance.doc)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, json.dumps(body).encode())
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import socketserver
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes import serving
 
 from rollout.errors import BadInputError, RolloutError, TemporaryError
 from rollout.machine import Weights
@@ -54,13 +54,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
 @pytest.fixture
 def admin(tmp_path: Path) -> Iterator[_Socket]:
-    srv = _Socket(tmp_path / "admin.sock")
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with serving(_Socket(tmp_path / "admin.sock")) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def _router(admin: _Socket, retries: int = 1) -> HaproxyRouter:

@@ -13,20 +13,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from fakes import url_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollout.policy.loader import PolicyError, parse_policy
 
-POLICY = """\
-apiVersion: rollout-gates.dev/v1alpha1
-kind: RolloutPolicy
-metadata:
-  name: fuzz
-spec:
-  targets:
-    blue: {type: url, url: "http://127.0.0.1:1"}
-    green: {type: url, url: "http://127.0.0.1:2"}
+POLICY = url_policy("fuzz", "http://127.0.0.1:1", "http://127.0.0.1:2", """\
   steps:
     - weight: 10
       pauseSeconds: 0
@@ -37,7 +30,7 @@ spec:
       maxRatio: 1.1
     - type: error-rate
       maxRate: 0.05
-"""
+""")
 # The scalar values a hostile edit replaces, one at a time.
 SLOTS = ["1.1", "0.05", "80", "2", "20", "10", "0", "100", "fuzz", "latency", "url"]
 YAML_VALUES = st.sampled_from([

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from fakes import reply
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -65,12 +66,7 @@ class FakePrometheus:
                     status, body = 200, _vector(me.up if query.startswith("max") else me.age)
                 else:
                     status, body = me.broken
-                data = body.encode("latin-1")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, body.encode("latin-1"))
 
             def log_message(self, *args: object) -> None:
                 pass

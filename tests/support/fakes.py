@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 from rollout.machine import Weights
 
@@ -30,6 +33,30 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the default listen backlog of 5 drops SYNs under 16 clients
 
 
+S = TypeVar("S", bound=socketserver.BaseServer)
+
+
+@contextmanager
+def serving(server: S) -> Iterator[S]:
+    """``server`` answering in a daemon thread for the ``with`` block, then closed."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes,
+          content_type: str = "application/json") -> None:
+    """Answer one request of a test server with ``body`` and its length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def serve_text(render: Callable[[], str],
                content_type: str = "text/plain; version=0.0.4") -> ThreadingHTTPServer:
     """A loopback HTTP server answering every GET with ``render()`` (a /metrics endpoint, or
@@ -40,12 +67,7 @@ def serve_text(render: Callable[[], str],
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = render().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, 200, render().encode(), content_type)
 
         def log_message(self, *args: object) -> None:
             pass
