@@ -359,6 +359,20 @@ def _capability(admission: Mapping[str, Any] | None) -> str:
     return "".join(parts)
 
 
+def _baselines(data: ReportData) -> str:
+    if not data.baselines:
+        return ""
+    rows = [[_e(colour), f"<code>{_e(digest)}</code>",
+             f'<a href="{_e(path.resolve().as_uri())}">{_e(path.name)}</a>' if path
+             else "<span class='meta'>not recorded</span>"]
+            for colour, digest, path in data.baselines]
+    digests = [digest for _, digest, path in data.baselines if path]
+    cmd = (f"<p class='meta'>What changed between them: <code>rollout baselines diff "
+           f"{_e(digests[0][:19])} {_e(digests[1][:19])}</code></p>" if len(digests) == 2 else "")
+    return ('<section id="baselines"><h2>Releases compared</h2>'
+            + _table(["colour", "image digest", "baseline"], rows) + cmd + "</section>")
+
+
 def _replays(data: ReportData) -> dict[str, list[JudgeReplay]]:
     out: dict[str, list[JudgeReplay]] = {}
     for run in data.canaries:
@@ -387,6 +401,7 @@ def render_report(data: ReportData, *, now: float | None = None) -> str:
         *(_canary(run, plots, replays.get(run.label, [])) for run in data.canaries),
         _utilization(data, plots) if data.trail else "",
         _capability(data.admission) if data.trail else "",
+        _baselines(data),
         "</main>",
     ]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

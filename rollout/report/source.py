@@ -144,6 +144,8 @@ class ReportData:
         admission: the latest admission's evidence (gates, capability violations, pipelines).
         utilization: utilization samples recorded per analysis.
         notes: caveats the reader must know (assumed parameters, missing records...).
+        baselines: the two releases the run compared, ``(colour, digest, baseline file)``,
+            the file ``None`` where no baseline of that digest is recorded.
     """
 
     name: str
@@ -155,6 +157,7 @@ class ReportData:
     admission: Mapping[str, Any] | None = None
     utilization: tuple[UtilizationSeries, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    baselines: tuple[tuple[str, str, Path | None], ...] = ()
 
 
 # -- records --------------------------------------------------------------------------------
@@ -342,4 +345,22 @@ def load_rollout(name: str, state_dir: Path, *, store: StatusStore | None = None
                       phase=last.to_phase,
                       reason=last.reason, trail=tuple(_trail_entry(h) for h in history),
                       canaries=tuple(canaries), admission=admission,
-                      utilization=tuple(utilization), notes=tuple(notes))
+                      utilization=tuple(utilization), notes=tuple(notes),
+                      baselines=_baselines(state_dir, admission))
+
+
+def _baselines(state_dir: Path, admission: Mapping[str, Any] | None
+               ) -> tuple[tuple[str, str, Path | None], ...]:
+    """The releases an admission compared (``evidence["release"]``) and their baseline files:
+    a reviewer opens what blue and green were, not only how this run measured them."""
+    from rollout.baselines import BaselineStore
+
+    release = (admission or {}).get("release") or {}
+    store = BaselineStore.of(state_dir)
+    out = []
+    for colour in ("blue", "green"):
+        digest = ((release.get(colour) or {}).get("image") or {}).get("digest")
+        if digest:
+            path = store.path(str(digest))
+            out.append((colour, str(digest), path if path.is_file() else None))
+    return tuple(out)

@@ -212,3 +212,18 @@ def test_list_show_and_bad_input(recorded: tuple[Path, list[str]]) -> None:
     assert missing.exit_code == 2 and "no baseline" in missing.output
     bad = runner.invoke(app, ["baselines", "diff", "xyz", "a", "--state-dir", str(state)])
     assert bad.exit_code == 2 and "not a digest" in bad.output
+
+
+def test_the_report_links_the_two_baselines_it_compared(
+        recorded: tuple[Path, list[str]]) -> None:
+    from rollout.report import load_rollout, render_report
+
+    state, _ = recorded
+    store = BaselineStore.of(state)
+    data = load_rollout("rel", state)  # the latest run: A (blue) against B (green)
+    assert data.baselines == (("blue", DIGEST["A"], store.path(DIGEST["A"])),
+                              ("green", DIGEST["B"], store.path(DIGEST["B"])))
+    page = render_report(data)
+    assert page.count('href="file://') == 2
+    assert store.path(DIGEST["A"]).resolve().as_uri() in page
+    assert f"rollout baselines diff {DIGEST['A'][:19]} {DIGEST['B'][:19]}" in page
