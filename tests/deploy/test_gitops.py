@@ -174,7 +174,7 @@ def test_argo_application_points_at_an_overlay_and_ignores_what_the_controller_o
 
 
 def test_flux_kustomization_health_checks_the_rollout_and_drops_the_hook() -> None:
-    ks = yaml.safe_load((GITOPS / "flux" / "kustomization.yaml").read_text(encoding="utf-8"))
+    ks = yaml.safe_load((GITOPS / "flux" / "rollout-gates.yaml").read_text(encoding="utf-8"))
     assert ks["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1"
     spec = ks["spec"]
     overlay = Path(spec["path"]).name
