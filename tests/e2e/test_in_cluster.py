@@ -194,10 +194,12 @@ class InCluster:
                                     for c in ("blue", "green")},
                         "router": {"type": "gateway-api", "httpRoute": "sd"},
                         "steps": [{"weight": 0}],
-                        # Enough requests for 3 pods to be judged one by one, no more.
-                        "canary": {"prompts": "tiny-64", "maxRequests": 90, "concurrency": 2,
+                        # Enough requests for 3 pods to be judged one by one on a loaded
+                        # 2-core box (90 left a healthy pod undecided after its 30 slices:
+                        # 5 informative, ~7 needed); the judge stops as soon as all decided.
+                        "canary": {"prompts": "tiny-64", "maxRequests": 240, "concurrency": 2,
                                    "warmupRequests": 1, "timeoutSeconds": 20,
-                                   "deadlineSeconds": 90},
+                                   "deadlineSeconds": 150},
                         "gates": [{"type": "latency", "name": "p50", "quantile": 0.5,
                                    "maxRatio": 2.0},
                                   {"type": "error-rate", "name": "errors", "maxRate": 0.3}],
