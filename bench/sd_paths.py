@@ -302,7 +302,7 @@ def run_direct(plan: Plan) -> None:
 # --- the server under load ----------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -310,9 +310,7 @@ def _free_port() -> int:
 
 @contextmanager
 def running_server(plan: Plan, max_batch: int, log: Path) -> Iterator[str]:
-    import httpx
-
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "sd_server", "--model", plan.model, "--device", plan.device,
             "--port", str(port), "--max-batch", str(max_batch),
             "--max-wait-ms", str(plan.max_wait_ms), "--queue-size", "256",
@@ -325,22 +323,33 @@ def running_server(plan: Plan, max_batch: int, log: Path) -> Iterator[str]:
         args += SERVER_FLAGS[plan.server_path]
     if plan.server_path.startswith("ort"):
         args += ["--onnx-cache", str(plan.onnx_cache)]
+    with serve(args, port, log, ready_s=900) as url:
+        yield url
+
+
+@contextmanager
+def serve(cmd: list[str], port: int, log: Path, *, env: dict[str, str] | None = None,
+          ready_s: float = 300) -> Iterator[str]:
+    """The server ``cmd`` started (output appended to ``log``), its URL once /readyz answers
+    200, then stopped (terminate, kill after 30 s)."""
+    import httpx
+
     with log.open("ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + ready_s
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited {proc.returncode}; see {log}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in 900 s; see {log}")
+                raise RuntimeError(f"server not ready in {ready_s:.0f} s; see {log}")
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.5)  # a client polling a starting process, not the server
         yield url
     finally:
         proc.terminate()

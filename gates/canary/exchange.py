@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -96,23 +97,56 @@ def _classified(api: ImageAPI, resp: BoundedResponse, start: float, latency: flo
 def parse_server_timing(header: str | None) -> dict[str, float] | None:
     """``Server-Timing: queue;dur=12.5, inference;dur=800`` -> ``{"queue": 0.0125, ...}``.
 
-    Metrics without a numeric ``dur`` are skipped; ``None`` when nothing usable is there.
+    W3C Server Timing: comma-separated metrics, each a token name with ``;``-separated
+    parameters whose values may be quoted strings (commas and semicolons inside quotes do not
+    split). A metric whose name is not a token or whose ``dur`` is not a finite non-negative
+    number is skipped; ``None`` when nothing usable is there. Never raises: what a server
+    sends about its own timing is a hint, not part of the answer being judged.
     """
     if not header:
         return None
     out: dict[str, float] = {}
-    for metric in header.split(","):
-        name, *params = (p.strip() for p in metric.split(";"))
+    for metric in _split_unquoted(header, ","):
+        name, *params = (p.strip() for p in _split_unquoted(metric, ";"))
+        if not _TOKEN.fullmatch(name):
+            continue
         for p in params:
             key, _, value = p.partition("=")
-            if key.strip().lower() == "dur" and name:
-                try:
-                    dur = float(value.strip().strip('"'))
-                except ValueError:
-                    continue
-                if math.isfinite(dur) and dur >= 0:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if key.strip().lower() == "dur" and _NUMBER.fullmatch(value):
+                dur = float(value)
+                if math.isfinite(dur):
                     out[name] = dur / 1000.0
+                break  # the first dur counts (W3C: later duplicates are ignored)
     return out or None
+
+
+# RFC 9110 token, and a plain decimal number (no sign, no "inf"/"nan", no "1_000").
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside double-quoted strings (backslash escapes honoured)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
 
 
 def _status_kind(status: int) -> ErrorKind | None:

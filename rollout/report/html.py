@@ -26,7 +26,15 @@ from gates._validation import LatencyInputError, NoDataError
 from gates.capability.collect import execution_path
 from gates.compare import ArmSummary, summarize
 from rollout import __version__
-from rollout.report.series import ErrorBreakdown, JudgeReplay, error_breakdown, replay_judge
+from rollout.report.series import (
+    OVERHEAD_TOLERANCE_S,
+    ErrorBreakdown,
+    JudgeReplay,
+    error_breakdown,
+    overhead_difference,
+    replay_judge,
+    timing_split,
+)
 from rollout.report.source import CanaryRun, ReportData, TrailEntry
 
 __all__ = ["render_report", "write_report"]
@@ -206,6 +214,48 @@ def _errors(breakdowns: Sequence[ErrorBreakdown]) -> str:
     return out
 
 
+def _ms(v: float) -> str:
+    return f"{v * 1e3:.1f}"
+
+
+def _server_timing(run: CanaryRun) -> str:
+    """Client vs server latency per arm, and a flag when what lies outside the servers
+    (network, proxies, the client) differs between the arms."""
+    splits = {arm: timing_split(run.rows, arm) for arm in ("blue", "green")}
+    head = '<h3>Client vs server latency</h3>'
+    if all(s is None for s in splits.values()):
+        return (head + "<p class='meta'>No answer carried a <code>Server-Timing</code> header: "
+                "client and server time cannot be told apart.</p>")
+    rows = [[_e(arm), _e("no Server-Timing") if s is None else _num(f"{s.timed} / {s.judged}"),
+             *(["—"] * 6 if s is None else
+               [_num(_ms(v)) for v in (*s.client, *s.server, *s.overhead)])]
+            for arm, s in splits.items()]
+    out = head + _table(["arm", "timed / judged", "client P50 ms", "client P95 ms",
+                         "server P50 ms", "server P95 ms", "overhead P50 ms",
+                         "overhead P95 ms"], rows)
+    out += ("<p class='meta'>Server time: the answer's <code>Server-Timing</code> total (or the "
+            "sum of its phases); overhead: client latency minus server time, per request. "
+            "The judge decides on client latency, what users feel.</p>")
+    blue, green = splits["blue"], splits["green"]
+    if blue is None or green is None:
+        missing = "blue" if blue is None else "green"
+        return out + (f'<div class="note" data-flag="server-timing-missing">Only one arm sent '
+                      f"<code>Server-Timing</code> ({_e(missing)} did not): the overhead of "
+                      f"the arms cannot be compared.</div>")
+    diff = overhead_difference(blue, green)
+    if abs(diff) > OVERHEAD_TOLERANCE_S:
+        out += (f'<div class="note" data-flag="client-overhead">Client overhead differs between '
+                f"the arms: green's median is {_ms(diff)} ms "
+                f"{'above' if diff > 0 else 'below'} blue's (flagged beyond "
+                f"{_ms(OVERHEAD_TOLERANCE_S)} ms). Part of the latency difference comes from "
+                f"outside the servers: network path, proxy or TLS, or a server timing that "
+                f"leaves work out.</div>")
+    else:
+        out += (f"<p class='ok'>Client overhead agrees between the arms (medians "
+                f"{_ms(abs(diff))} ms apart, within {_ms(OVERHEAD_TOLERANCE_S)} ms).</p>")
+    return out
+
+
 def _recorded_gates(run: CanaryRun) -> str:
     gates = (run.recorded or {}).get("gates") or []
     if not gates:
@@ -271,7 +321,7 @@ def _canary(run: CanaryRun, plots: ModuleType | None,
                  for arm, v in (("blue", blue), ("green", green))}
     parts = [head, summary, f"<p class='meta'>records: <code>{_e(run.path)}</code> · K = "
              f"{run.blue_per_green} blue per green</p>", "<h3>Latency per arm</h3>",
-             _arm_table(summaries), _instances(rec)]
+             _arm_table(summaries), _server_timing(run), _instances(rec)]
     if blue.size and green.size:
         parts.append(_plot(plots, "latency distributions", "distributions", blue, green,
                            quantile=q))

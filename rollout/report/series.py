@@ -24,8 +24,14 @@ from gates.stats.quantiles import quantile_ci
 from gates.stats.sequential import SequentialResult, sequential_test
 from rollout.report.source import CanaryRun, LatencyGateParams
 
-__all__ = ["Ecdf", "ErrorBreakdown", "JudgeReplay", "RunningQuantile", "ecdf", "error_breakdown",
-           "replay_judge", "running_quantile", "slice_grid"]
+__all__ = ["OVERHEAD_TOLERANCE_S", "Ecdf", "ErrorBreakdown", "JudgeReplay", "RunningQuantile",
+           "TimingSplit", "ecdf", "error_breakdown", "overhead_difference", "replay_judge",
+           "running_quantile", "server_total", "slice_grid", "timing_split"]
+
+#: Median client overhead (client latency minus the server's total) may differ this much
+#: between the arms before the report flags it: loopback and in-cluster noise stay well under
+#: it, while a proxy, TLS setup or a slower network path on one arm exceeds it.
+OVERHEAD_TOLERANCE_S = 0.010
 
 _Floats = NDArray[np.float64]
 
@@ -213,3 +219,66 @@ def error_breakdown(rows: Sequence[Mapping[str, Any]], arm: str, *,
                           errors=errors, excluded=dict(excluded),
                           statuses=dict(sorted(statuses.items())),
                           details=tuple(details.most_common(top)))
+
+
+def server_total(timing: Mapping[str, Any] | None) -> float | None:
+    """The server's own time for a request, from a record's ``server_timing`` (seconds).
+
+    Its ``total`` where it sent one; otherwise the sum of what it sent (the reference server's
+    queue, inference and encode are consecutive phases; a server naming one phase, such as
+    the loopback's ``svc``, gives that one). ``None`` when there is nothing usable.
+    """
+    if not isinstance(timing, Mapping):
+        return None
+    usable = {k: float(v) for k, v in timing.items() if isinstance(v, int | float)
+              and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
+    if not usable:
+        return None
+    return usable.get("total", sum(usable.values()))
+
+
+@dataclass(frozen=True)
+class TimingSplit:
+    """One arm's judged client latency beside the server's own timing (P50, P95 in seconds).
+
+    Attributes:
+        arm: ``blue`` or ``green``.
+        judged: judged requests of the arm.
+        timed: those among them whose answer carried a usable ``Server-Timing``.
+        client, server, overhead: P50 and P95 of the client latency, of the server's total and
+            of their per-request difference (what the network and the client add), over the
+            ``timed`` requests.
+    """
+
+    arm: str
+    judged: int
+    timed: int
+    client: tuple[float, float]
+    server: tuple[float, float]
+    overhead: tuple[float, float]
+
+
+def timing_split(rows: Sequence[Mapping[str, Any]], arm: str) -> TimingSplit | None:
+    """Client vs server latency of ``arm``'s judged rows; ``None`` when none carries a server
+    timing (the judge keeps using client latency: this only explains it)."""
+    judged = [r for r in rows if r.get("arm") == arm and r.get("ok") is True]
+    pairs = [(float(r["latency_s"]), t) for r in judged
+             if (t := server_total(r.get("server_timing"))) is not None]
+    if not pairs:
+        return None
+    client = np.asarray([c for c, _ in pairs], dtype=np.float64)
+    server = np.asarray([s for _, s in pairs], dtype=np.float64)
+
+    def p50_p95(x: _Floats) -> tuple[float, float]:
+        q = np.quantile(x, [0.5, 0.95])
+        return float(q[0]), float(q[1])
+
+    return TimingSplit(arm=arm, judged=len(judged), timed=len(pairs), client=p50_p95(client),
+                       server=p50_p95(server), overhead=p50_p95(client - server))
+
+
+def overhead_difference(blue: TimingSplit, green: TimingSplit) -> float:
+    """Green's median client overhead minus blue's (seconds): beyond
+    :data:`OVERHEAD_TOLERANCE_S` either way, part of a latency difference the judge sees
+    comes from outside the servers (or a server's timing is not comparable)."""
+    return green.overhead[0] - blue.overhead[0]

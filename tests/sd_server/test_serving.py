@@ -69,7 +69,8 @@ def test_timings_in_body_and_server_timing_header(main_server: Server) -> None:
     t = r.json()["timings"]
     assert 0 <= t["queue_s"] <= t["total_s"] and 0 < t["inference_s"] <= t["total_s"]
     header = r.headers["server-timing"]
-    assert {p.split(";")[0].strip() for p in header.split(",")} == {"queue", "inference", "total"}
+    assert {p.split(";")[0].strip() for p in header.split(",")} == {"queue", "inference", "encode",
+                                                                  "total"}
 
 
 def test_capabilities_report_cpu_fast_path_and_snapshot(main_server: Server) -> None:

@@ -56,7 +56,14 @@ from sd_server import __version__
 from sd_server.admission import EXIT_REFUSED, path_violations
 from sd_server.batching import Batcher, JobResult, QueueFullError, ServerClosingError
 from sd_server.config import ServerConfig
-from sd_server.engine import Engine, GenerationSpec, Item, SelfTestResult, error_kind
+from sd_server.engine import (
+    Engine,
+    GenerationSpec,
+    Item,
+    SelfTestResult,
+    encode_png,
+    error_kind,
+)
 from sd_server.faults import FaultInjector
 from sd_server.metrics import Metrics
 from sd_server.paths import PathReport
@@ -69,7 +76,7 @@ from sd_server.schemas import (
     to_job,
 )
 
-__all__ = ["Phase", "ServerState", "create_app"]
+__all__ = ["Phase", "ServerState", "create_app", "server_timing"]
 
 log = logging.getLogger("sd_server")
 T = TypeVar("T")
@@ -218,8 +225,8 @@ class ServerState:
             log.warning("serving DEGRADED (--allow-degraded): %s",
                         "; ".join(v.message for v in self.violations))
         self.metrics.degraded.set(1 if self.violations else 0)
-        self.batcher = Batcher(engine.generate, self.cfg.batching, self.metrics, self.faults,
-                               initial_batch_s=self.self_test.warm_s)
+        self.batcher = Batcher(engine.render, encode_png, self.cfg.batching, self.metrics,
+                               self.faults, initial_batch_s=self.self_test.warm_s)
         self.batcher.start()
         self.phase = Phase.READY
         self.metrics.ready.set(1)
@@ -304,6 +311,7 @@ def _timings(result: JobResult, total_s: float) -> dict[str, float]:
     return {
         "queue_s": round(result.queue_s, 6),
         "inference_s": round(result.inference_s, 6),
+        "encode_s": round(result.encode_s, 6),
         "total_s": round(total_s, 6),
         "batch_images": result.batch_images,
     }
@@ -398,11 +406,21 @@ async def _generate(state: ServerState, request: Request, endpoint: str, model: 
     metrics.request_seconds.observe(total)
     metrics.images.inc(len(images))
     metrics.requests.labels(endpoint=endpoint, code="200").inc()
-    server_timing = (f"queue;dur={result.queue_s * 1e3:.1f}, "
-                     f"inference;dur={result.inference_s * 1e3:.1f}, "
-                     f"total;dur={total * 1e3:.1f}")
-    return JSONResponse(body, headers={"Server-Timing": server_timing,
+    return JSONResponse(body, headers={"Server-Timing": server_timing(result, total),
                                        "X-Batch-Images": str(result.batch_images)})
+
+
+def server_timing(result: JobResult, total_s: float) -> str:
+    """The ``Server-Timing`` header (W3C Server Timing, durations in milliseconds).
+
+    ``queue`` (waiting for a batch), ``inference`` (the pipeline call of the request's batch),
+    ``encode`` (its PNGs) and ``total`` (request received to images ready, JSON not included):
+    a client subtracts ``total`` from its own latency to see what the network and its own
+    stack add, the same on both arms of a canary unless one of them differs there.
+    """
+    parts = (("queue", result.queue_s), ("inference", result.inference_s),
+             ("encode", result.encode_s), ("total", total_s))
+    return ", ".join(f"{name};dur={seconds * 1e3:.3f}" for name, seconds in parts)
 
 
 def create_app(state: ServerState, on_fatal: Callable[[], None]) -> Starlette:

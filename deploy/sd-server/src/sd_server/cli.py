@@ -51,6 +51,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -116,6 +123,10 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
                    help="how long the oldest request may wait for a batch to fill")
     g.add_argument("--queue-size", type=_positive_int, default=64,
                    help="waiting requests before 429 with Retry-After")
+    g.add_argument("--encode-workers", type=_non_negative_int,
+                   default=BatchingConfig.encode_workers,
+                   help="threads encoding PNGs while the next batch runs (0: encode on the "
+                        "inference thread after each batch, the old path)")
     g.add_argument("--min-side", type=_positive_int, default=Limits.min_side)
     g.add_argument("--max-side", type=_positive_int, default=Limits.max_side)
     g.add_argument("--max-steps", type=_positive_int, default=Limits.max_steps)
@@ -261,7 +272,8 @@ def _config(a: argparse.Namespace, default_steps: int, token: str | None) -> Ser
             request_timeout_s=a.request_timeout,
         ),
         batching=BatchingConfig(
-            max_batch=a.max_batch, max_wait_s=a.max_wait_ms / 1000, queue_size=a.queue_size
+            max_batch=a.max_batch, max_wait_s=a.max_wait_ms / 1000, queue_size=a.queue_size,
+            encode_workers=a.encode_workers,
         ),
         faults=FaultConfig(
             latency_s=a.fault_latency_ms / 1000,

@@ -149,6 +149,9 @@ class BatchingConfig:
     max_batch: int = 8
     max_wait_s: float = 0.025
     queue_size: int = 64
+    #: Threads encoding PNGs off the inference thread, so the next batch starts while the
+    #: last one is encoded; 0 encodes on the inference thread (the baseline path).
+    encode_workers: int = 2
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ __all__ = [
     "GenerationSpec",
     "Item",
     "SelfTestResult",
+    "encode_png",
     "error_kind",
 ]
 
@@ -93,6 +94,14 @@ class Engine:
 
     def generate(self, spec: GenerationSpec, items: Sequence[Item]) -> list[bytes]:
         """Run one pipeline call for ``items`` and return one PNG per item, in order."""
+        return [encode_png(p) for p in self.render(spec, items)]
+
+    def render(self, spec: GenerationSpec, items: Sequence[Item]) -> list[np.ndarray]:
+        """Run one pipeline call for ``items`` and return one RGB ``uint8`` array per item.
+
+        Kept apart from :func:`encode_png` so the server can encode a batch in other threads
+        while the next batch runs (the pipeline call is the only part that needs this thread).
+        """
         negatives = [i.negative_prompt for i in items]
         with torch.inference_mode():
             out = self.pipe(
@@ -110,7 +119,7 @@ class Engine:
         self.last_output_finite = bool(np.isfinite(pixels).all())
         # Same rounding as diffusers' numpy_to_pil; NaN (a broken fp16 path) becomes black.
         quantized = (np.nan_to_num(pixels) * 255).round().clip(0, 255).astype(np.uint8)
-        return [_png(img) for img in quantized]
+        return list(quantized)
 
     def self_test(self, spec: GenerationSpec) -> SelfTestResult:
         """Run the fixed prompt twice (warm-up, then timed) and compare the two images."""
@@ -139,7 +148,8 @@ def error_kind(exc: BaseException) -> str:
     return "inference"
 
 
-def _png(pixels: np.ndarray) -> bytes:
+def encode_png(pixels: np.ndarray) -> bytes:
+    """One image as PNG bytes (thread-safe: Pillow releases the GIL while compressing)."""
     buf = io.BytesIO()
     # Level 1: at 1024x1024 the default level costs ~100 ms per image for little size gain.
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)

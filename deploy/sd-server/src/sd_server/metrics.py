@@ -136,6 +136,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.encode_seconds = Histogram(
+            "sd_request_encode_seconds",
+            "Wall time of encoding one request's images as PNG",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "sd_batch_size_images", "Images per pipeline call", buckets=BATCH_BUCKETS, registry=r
         )
