@@ -55,8 +55,10 @@ class Stack:
         return path
 
     def rollout(self, *args: str, env: dict[str, str] | None = None,
-                timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*ROLLOUT, *args, "--state-dir", str(self.root / "state")],
+                timeout: float = 180, prefix: tuple[str, ...] = ()
+                ) -> subprocess.CompletedProcess[str]:
+        """``rollout ARGS`` on this stack's state (``prefix``: argv it runs under)."""
+        return subprocess.run([*prefix, *ROLLOUT, *args, "--state-dir", str(self.root / "state")],
                               capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                               check=False,
                               env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})

@@ -10,13 +10,13 @@ from the kernel's accounting of waited-for children.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import PEAK_WRAPPER, split_peak
 from faulty_peer import FaultyPeer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,10 +29,11 @@ def run_canary(blue: str, green: str, *extra: str) -> tuple[int, dict[str, Any],
     cmd = [sys.executable, "-m", "rollout.cli", "canary", "--blue", blue, "--green", green,
            "--prompts", TINY, "--warmup", "0", "--concurrency", "2", "--timeout", "3",
            "--output", "json", *extra]
-    p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # max of all children
+    p = subprocess.run([*PEAK_WRAPPER, *cmd], check=False, capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    stderr, peak = split_peak(p.stderr)
     doc = json.loads(p.stdout) if p.stdout.startswith("{") else {}
-    return p.returncode, doc, p.stderr, peak
+    return p.returncode, doc, stderr, peak
 
 
 @pytest.mark.parametrize("fault", ["not_png", "truncated_png", "wrong_count", "bomb", "blank",

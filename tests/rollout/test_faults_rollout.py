@@ -9,13 +9,13 @@ traceback, and the controller's peak resident memory under 1 GiB.
 
 from __future__ import annotations
 
-import resource
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from fakes import PEAK_WRAPPER, split_peak
 from faulty_peer import FaultyPeer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
@@ -48,8 +48,10 @@ def test_broken_image_green_is_rolled_back_by_default(stack: Stack, fault: str) 
         assert "outputCheck" not in doc["spec"]["canary"]  # the default judges validity
         policy.write_text(yaml.safe_dump(doc))
         stack.router.set_weights(BLUE)
-        res = stack.rollout("promote", str(policy), "--output", "json")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        res = stack.rollout("promote", str(policy), "--output", "json",
+                            prefix=tuple(PEAK_WRAPPER))
+    stderr, peak = split_peak(res.stderr)
+    res.stderr = stderr
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     assert res.returncode == 1, res.stderr[-3000:]
     out = last_json(res.stdout)

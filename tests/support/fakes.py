@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,21 @@ def serving(server: S) -> Iterator[S]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+#: argv prefix: run a command under a small Python parent that reports its peak RSS on stderr.
+#: A command started straight from a large pytest process inherits that process's RSS
+#: high-water mark at exec (Linux), so RUSAGE_CHILDREN read in pytest reports pytest's size.
+PEAK_WRAPPER = [sys.executable, "-c", (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "sys.stderr.write('\\npeak-rss-kib %d\\n' % "
+    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")]
+
+
+def split_peak(stderr: str) -> tuple[str, int]:
+    """The command's stderr without :data:`PEAK_WRAPPER`'s line, and its peak RSS in bytes."""
+    head, _, tail = stderr.rpartition("\npeak-rss-kib ")
+    return head, int(tail.split()[0]) * 1024
 
 
 def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes,
