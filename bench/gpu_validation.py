@@ -84,7 +84,18 @@ CASES: dict[str, tuple[str, str, bool, str]] = {
     "generic-canary": ("blue", "generic", False, "RolledBack"),
     "ort": ("blue", "ort", True, "RolledBack"),
     "cpu": ("blue", "cpu", True, "RolledBack"),
+    # a green fleet (targets.green.urls) with one replica on the generic path: the canary's
+    # per-instance judge must roll back and name that replica (admission's path check off)
+    "fleet": ("blue", "fast+generic", False, "RolledBack"),
 }
+
+
+def case_servers(case: str) -> tuple[str, ...]:
+    """The servers a rollout case uses: its blue, then its greens (``a+b`` is a fleet)."""
+    blue, green, _, _ = CASES[case]
+    return (blue, *green.split("+"))
+
+
 WORKLOADS: dict[str, tuple[int, int]] = {"512": (512, 25), "1024": (1024, 50), "512s5": (512, 5)}
 
 
@@ -243,13 +254,13 @@ def prompts_for(workload: str, work: Path, smoke: bool) -> Path:
 # -- rollouts -----------------------------------------------------------------------------
 
 
-def rollout_policy(urls: dict[str, str], router: dict[str, Any], same_path: bool,
+def rollout_policy(urls: dict[str, list[str]], router: dict[str, Any], same_path: bool,
                    prompts: Path, budget: int, concurrency: int) -> dict[str, Any]:
     return {
         "apiVersion": "rollout-gates.dev/v1alpha1", "kind": "RolloutPolicy",
         "metadata": {"name": "gpu"},
         "spec": {
-            "targets": {c: {"type": "url", "url": u} for c, u in urls.items()},
+            "targets": {c: {"type": "url", "urls": u} for c, u in urls.items()},
             "router": router,
             "steps": [{"weight": 0}],  # blue-green: judge green at 0%, then switch all
             "canary": {"prompts": str(prompts), "maxRequests": budget,
@@ -275,16 +286,19 @@ def canary_requests(history: list[dict[str, Any]]) -> dict[str, int]:
 def rollout(h: Harness, case: str, budget: int, concurrency: int) -> dict[str, Any]:
     blue, green, same_path, expected = CASES[case]
     row: dict[str, Any] = {"case": case, "expected": expected, "blue": blue, "green": green,
-                           "blue_gpu": h.gpu_of(blue), "green_gpu": h.gpu_of(green),
+                           "blue_gpu": h.gpu_of(blue),
+                           "green_gpu": h.gpu_of(case_servers(case)[1]),
                            "same_path_check": same_path}
-    if blue not in h.servers or green not in h.servers:
+    if any(name not in h.servers for name in case_servers(case)):
         return {**row, "phase": None, "reason": "server did not start (see its log)"}
-    urls = {"blue": h.servers[blue][1], "green": h.servers[green][1]}
+    urls = {"blue": [h.servers[blue][1]],
+            "green": [h.servers[name][1] for name in green.split("+")]}
+    row["green_urls"] = urls["green"]
     hap, router = None, {"type": "none"}
-    if shutil.which("haproxy"):
+    if shutil.which("haproxy") and len(urls["green"]) == 1:  # its backend holds one per colour
         hap, sock = start_haproxy(h.work / f"haproxy-{case}", frontend_port=free_port(),
-                                  blue=urls["blue"].removeprefix("http://"),
-                                  green=urls["green"].removeprefix("http://"))
+                                  blue=urls["blue"][0].removeprefix("http://"),
+                                  green=urls["green"][0].removeprefix("http://"))
         router = {"type": "haproxy", "socket": str(sock)}
     policy = h.work / f"policy-{case}.yaml"
     policy.write_text(yaml.safe_dump(rollout_policy(
@@ -309,6 +323,7 @@ def rollout(h: Harness, case: str, budget: int, concurrency: int) -> dict[str, A
                             capture_output=True, text=True, check=False)
     return {**row, "exit": res.returncode, "phase": doc.get("phase"), "reason": doc.get("reason"),
             "verdicts": doc.get("verdicts"), "weights": doc.get("weights"),
+            "instances": doc.get("instances"),
             "router": router["type"], "seconds": round(seconds, 1),
             "canary_requests": canary_requests(history),
             "report": f"report-{case}.html" if report.returncode == 0 else report.stderr[-500:]}
@@ -432,9 +447,9 @@ def main() -> int:
     cells = [Cell.parse(t) for t in a.table.split(",") if t]
     a.out.mkdir(parents=True, exist_ok=True)
     h = Harness(a.out, a.gpus.split(","), a.smoke)
-    needed = {s for c in cases for s in CASES[c][:2]} | {"blue"} | {c.path for c in cells}
+    needed = {s for c in cases for s in case_servers(c)} | {"blue"} | {c.path for c in cells}
     last_use: dict[str, int] = {}
-    order = [CASES[c][:2] for c in cases] + [("blue", c.path) for c in cells]
+    order = [case_servers(c) for c in cases] + [("blue", c.path) for c in cells]
     for i, pair in enumerate(order):
         for s in pair:
             last_use[s] = i
@@ -448,7 +463,7 @@ def main() -> int:
         h.save()
         step = 0
         for c in cases:
-            if set(CASES[c][:2]) & set(slow):
+            if set(case_servers(c)) & set(slow):
                 late.join()
             h.results["rollouts"].append(rollout(h, c, a.budget, a.concurrency))
             print(json.dumps(h.results["rollouts"][-1]), flush=True)
