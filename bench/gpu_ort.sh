@@ -8,7 +8,9 @@
 # --python-version 3.12 --platform manylinux_2_28_x86_64 onnxruntime-gpu==1.31.1` (and the deps
 # below), the CUDA provider library taken out of the wheel and `xz -6`, split in <= 55 MiB parts,
 # each carried in one call and copied to $ORTW:
-#   $ORTW/deps/*.whl          pydantic, diffusers, ... (what the project needs beyond the image)
+#   $ORTW/deps/*.whl          pydantic, pydantic-core, annotated-types, typing-inspection,
+#                             typing-extensions, sniffio, diffusers, importlib-metadata, zipp,
+#                             and for the sd-server: starlette, uvicorn (the image has neither)
 #   $ORTW/ort_rest.zip        the onnxruntime-gpu wheel without its CUDA provider library
 #   $ORTW/cuda.so.xz.N        libonnxruntime_providers_cuda.so, xz-compressed, split in order
 #
