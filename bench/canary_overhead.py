@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -57,17 +58,19 @@ import random
 import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import ClassVar
+from unittest import mock
 
 import httpx
 import numpy as np
 
-from gates.canary import loopback
+from gates.canary import loopback, runner
 from gates.canary.prompts import Prompt
 from gates.canary.runner import CanaryConfig, run_canary
 from gates.error_rate import ErrorRateGateSpec
@@ -79,6 +82,7 @@ ROUTE = "/v1/images/generations"
 BODY = '{"prompt": "loopback", "seed": 1, "n": 1, "size": "64x64"}'
 WRK_SCRIPT = ROOT / "bench" / "wrk_post.lua"
 TOOLS = ("hey", "wrk")
+BEFORE = "canary, closed, before (httpx transport)"
 Row = tuple[str, int, dict[str, float]]
 
 
@@ -221,9 +225,17 @@ def bare_httpx(url: str, requests: int, service_s: float) -> dict[str, float]:
     return out
 
 
+def _stock_transport(ssl_context: ssl.SSLContext) -> httpx.AsyncBaseTransport:
+    """httpx's own transport, as the canary had before :mod:`gates.wire`: its clock stops
+    where the request's coroutine resumes after the last body byte."""
+    return httpx.AsyncHTTPTransport(verify=ssl_context, limits=httpx.Limits(
+        max_connections=None, max_keepalive_connections=None))
+
+
 def measure(url: str, mode: str, concurrency: int, slices: int,
-            service_s: float) -> dict[str, float]:
-    """One canary run (closed loop or Poisson open loop); percentiles in milliseconds."""
+            service_s: float, *, before: bool = False) -> dict[str, float]:
+    """One canary run (closed loop or Poisson open loop); percentiles in milliseconds.
+    ``before``: with httpx's own transport (the baseline) instead of the canary's timed one."""
     cfg = CanaryConfig(
         blue_url=url, green_url=url, prompts=PROMPT, concurrency=concurrency,
         rate=concurrency / service_s if mode == "open" else None,
@@ -232,7 +244,9 @@ def measure(url: str, mode: str, concurrency: int, slices: int,
         # the run) and an error gate that cannot pass: the run goes on for the whole budget
         latency_gates=(),
         error_gate=ErrorRateGateSpec(max_rate=0.01, min_requests=slices + 1))
-    with tempfile.TemporaryDirectory() as tmp:
+    transport = mock.patch.object(runner, "TimedTransport", _stock_transport) if before \
+        else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, transport:
         cpu0 = time.process_time()
         asyncio.run(run_canary(cfg, records_dir=tmp))
         cpu = time.process_time() - cpu0
@@ -274,6 +288,8 @@ def main() -> None:
             rows: list[Row] = []
             for c in a.levels:
                 slices = max(40, int(a.seconds / service_s * c))
+                rows.append((BEFORE, c, measure(url, "closed", c, slices, service_s,
+                                                before=True)))
                 for mode in ("closed", "open"):
                     rows.append((f"canary, {mode}", c, measure(url, mode, c, slices,
                                                                service_s)))
@@ -281,7 +297,7 @@ def main() -> None:
                                                log_path)))
                 rows.append(("wrk", c, run_wrk(url, 2 * c, a.seconds, service_s, server,
                                                log_path)))
-                for client, _, r in rows[-4:]:
+                for client, _, r in rows[-5:]:
                     print(f"{client} {c}: {json.dumps({k: round(v, 3) for k, v in r.items()})}",
                           file=sys.stderr)
         finally:
@@ -295,11 +311,12 @@ def goals(rows: list[Row]) -> list[str]:
     by = {(client, c): r["added_p99"] for client, c, r in rows}
     levels = sorted({c for _, c, _ in rows})
     lines = ["P99 added latency (ms) side by side, and the ratio canary/hey:", "",
-             "| slices in flight | requests in flight | canary closed | canary open | hey | wrk "
-             "| closed/hey | open/hey |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| slices in flight | requests in flight | canary closed, before (httpx "
+             "transport) | canary closed | canary open | hey | wrk | closed/hey | open/hey |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in levels:
         hey = by[("hey", c)]
-        lines.append(f"| {c} | {2 * c} | {by[('canary, closed', c)]:.3f} | "
+        lines.append(f"| {c} | {2 * c} | {by[(BEFORE, c)]:.3f} | {by[('canary, closed', c)]:.3f} | "
                      f"{by[('canary, open', c)]:.3f} | {hey:.3f} | {by[('wrk', c)]:.3f} | "
                      f"{_ratio(by[('canary, closed', c)], hey)} | "
                      f"{_ratio(by[('canary, open', c)], hey)} |")

@@ -34,18 +34,15 @@ import logging
 import os
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gates.canary.loopback import loopback_process
 from gates.canary.records import ARMS, RecordWriter, RequestRecord
 from gates.verdict import Verdict
 from rollout.engine import Callbacks, begin, build
@@ -97,20 +94,6 @@ class TimedAnalyzer:
 
     def verify(self, status: RolloutStatus) -> Observation:
         return self._mark(self.real.verify(status))
-
-
-@contextmanager
-def loopback(service_ms: float) -> Iterator[str]:
-    """A loopback server in its own process (its CPU is not the controller's)."""
-    proc = subprocess.Popen([sys.executable, "-m", "gates.canary.loopback", "--service-ms",
-                             str(service_ms), "--jitter-ms", "1"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _rss_kib() -> int:
@@ -212,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.disable(logging.WARNING)  # 50 controllers' progress lines are not the result
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp, loopback(a.service_ms) as blue, \
-            loopback(a.service_ms) as green:
+    with tempfile.TemporaryDirectory() as tmp, loopback_process(a.service_ms, 1) as blue, \
+            loopback_process(a.service_ms, 1) as green:
         # warm-up: imports and first-use caches are not charged to the first level
         run_rollouts(1, blue, green, a.canary_requests, Path(tmp, "warm-up"))
         levels = [run_rollouts(n, blue, green, a.canary_requests, Path(tmp, f"n{n}"))

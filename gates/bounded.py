@@ -38,6 +38,8 @@ from typing import Any, Final
 
 import httpx
 
+from gates.wire import WIRE_TIMING, WireTiming
+
 __all__ = [
     "CANARY_MAX_BYTES",
     "CAPABILITIES_MAX_BYTES",
@@ -106,6 +108,9 @@ class BoundedResponse:
     status_code: int
     headers: httpx.Headers
     content: bytes
+    #: Socket-side times of the exchange when the client's transport keeps them
+    #: (:class:`gates.wire.TimedTransport`).
+    wire: WireTiming | None = None
 
     @property
     def is_success(self) -> bool:
@@ -206,7 +211,9 @@ async def _aread(client: httpx.AsyncClient, request: httpx.Request, max_bytes: i
             _append(body, chunk, max_bytes, url, response.status_code)
     finally:
         await response.aclose()
-    return BoundedResponse(url, response.status_code, response.headers, bytes(body))
+    wire = response.extensions.get(WIRE_TIMING)
+    return BoundedResponse(url, response.status_code, response.headers, bytes(body),
+                           wire if isinstance(wire, WireTiming) else None)
 
 
 def _check_bounds(deadline_s: float, max_bytes: int) -> None:

@@ -3,8 +3,10 @@
 Bodies are read streamed, at most ``max_body_bytes`` of each (:mod:`gates.bounded`): a larger
 answer is a ``bad_payload`` error, read no further, so an endless body cannot exhaust the
 client's memory. ``timeout_s`` bounds the whole exchange (connect, headers and body), and
-latency runs until the body's last byte. Measured requests are never retried: a failure is
-data, classified as one of :data:`~gates.canary.records.ERROR_KINDS`.
+latency runs until the body's last byte: stamped at the socket when the client's transport is
+:class:`gates.wire.TimedTransport` (the canary's), so parsing and judging other answers that
+landed at the same moment never adds to this one's. Measured requests are never retried: a
+failure is data, classified as one of :data:`~gates.canary.records.ERROR_KINDS`.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ async def send(client: httpx.AsyncClient, api: ImageAPI, prompt: Prompt, seed: i
             return record(start, time.perf_counter() - start, error="bad_payload",
                           detail=_detail(f"{type(e).__name__}: {e}"))
         latency = time.perf_counter() - start
-        # Let other requests whose answers are already in take their timestamps before
-        # this one spends CPU on parsing and hashing.
-        await asyncio.sleep(0)
+        wire = resp.wire
+        if wire is not None and wire.complete is not None:  # stamped at the socket
+            start = wire.start if due is None else due
+            latency = wire.complete - start
         return _classified(api, resp, start, latency, record)
     except asyncio.CancelledError:
         on_cancel(record(start, time.perf_counter() - start, excluded="cancelled"))

@@ -28,15 +28,17 @@ import contextlib
 import json
 import random
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["LoopbackBehaviour", "LoopbackServer", "main", "solid_png"]
+__all__ = ["LoopbackBehaviour", "LoopbackServer", "loopback_process", "main", "solid_png"]
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error",
             503: "Service Unavailable"}
@@ -179,6 +181,25 @@ class LoopbackServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+@contextlib.contextmanager
+def loopback_process(service_ms: float, jitter_ms: float = 0.0) -> Iterator[str]:
+    """The server in a process of its own (``python -m gates.canary.loopback``); its URL.
+
+    Why a process: benchmarks and timing tests load the calling process's CPU on purpose, and a
+    server in a thread of it would answer late by the same amount (the GIL), hiding the very
+    client overhead they measure.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "gates.canary.loopback", "--service-ms",
+                             str(service_ms), "--jitter-ms", str(jitter_ms)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 async def _serve(behaviour: LoopbackBehaviour, port: int,

@@ -53,7 +53,9 @@ the result keeps what each instance served (``instances``); with several green i
 each is also judged on its own (:mod:`gates.canary.evaluation`).
 
 Connections: each request in flight uses a small httpx client of its instance, reused by later
-requests (an open-loop slice takes one client per instance it reaches).
+requests (an open-loop slice takes one client per instance it reaches). Its transport is
+:class:`gates.wire.TimedTransport`, which stamps each answer's last byte at the socket, so the
+client's own work on other answers never becomes latency.
 httpcore's pool scans every connection for every request, so one shared pool with 64
 connections costs milliseconds of client CPU per request at concurrency 32, which is latency
 added to whatever finishes meanwhile; small clients keep each pool at ``K`` connections or fewer.
@@ -84,6 +86,7 @@ from gates.canary.loops import CanaryRun, StopCancelled, StopDecided
 from gates.canary.outcome import CanaryProgress, CanaryResult, StopReason
 from gates.canary.records import ARMS, RecordWriter
 from gates.gate import combine
+from gates.wire import TimedTransport
 
 # The run's public names, wherever they are defined (callers import them from here).
 __all__ = ["CanaryConfig", "CanaryProgress", "CanaryResult", "CanarySettings", "StopReason",
@@ -112,13 +115,13 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
         OSError: the records directory cannot be written.
     """
     # One TLS context for every client: building one loads the CA bundle (~35 ms of CPU).
-    verify: bool | ssl.SSLContext = False if config.verify is False else \
+    tls = _unverified() if config.verify is False else \
         ssl.create_default_context(cafile=None if config.verify is True else config.verify)
+
     def new_client(base_url: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=base_url, headers=dict(config.headers), verify=verify, timeout=None,
-            transport=transport, follow_redirects=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+            base_url=base_url, headers=dict(config.headers), timeout=None,
+            transport=transport or TimedTransport(ssl_context=tls), follow_redirects=False)
 
     writer = RecordWriter(records_dir) if records_dir is not None else None
     run = CanaryRun(config, new_client, writer, on_progress, should_stop)
@@ -140,6 +143,14 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
             writer.write(run.cancelled)
             writer.close()
     return _result(run, stopped_by)
+
+
+def _unverified() -> ssl.SSLContext:
+    """``verify: false``: TLS without checking the certificate or the host name."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def run_canary_sync(config: CanaryConfig, **kwargs: Any) -> CanaryResult:

@@ -55,6 +55,9 @@ def _fmt(providers: Sequence[str]) -> str:
     return "[" + ", ".join(providers) + "]"
 
 
+_CAUSE_CHARS = 300
+
+
 def _providers(ctx: _Ctx) -> Iterator[Violation]:
     req = ctx.req
     if not (req.require_providers or req.forbid_providers):
@@ -70,7 +73,11 @@ def _providers(ctx: _Ctx) -> Iterator[Violation]:
         )
         return
     route = f"requested {_fmt(probe.requested)} -> bound {_fmt(probe.bound)}"
-    extra = f"; session error: {probe.session_error}" if probe.session_error else ""
+    # Why a provider is missing is usually a library that failed to load (libnvinfer, cuDNN),
+    # logged once; ORT's later retries only report their own, secondary, errors.
+    load = next((h.text for h in probe.log_hits if h.category == "provider-create-failed"), None)
+    extra = f"; provider failed to load: {load[:_CAUSE_CHARS]}" if load else ""
+    extra += f"; session error: {probe.session_error}" if probe.session_error else ""
     if probe.strict is not None and not probe.strict.ok:
         extra += f"; strict mode (no CPU fallback): {probe.strict.error}"
     for name in req.require_providers:

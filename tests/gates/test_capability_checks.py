@@ -127,6 +127,28 @@ def test_cpu_ep_bound() -> None:
     assert forbidden.message.startswith("CPU fallback: ")
 
 
+def test_a_provider_that_failed_to_load_is_named_with_its_library() -> None:
+    """The H100 run (bench/results/gpu_validation_h100.md): TensorRT's provider library could
+    not open libnvinfer.so.10, ORT retried, and the refusal quoted only the retry's error."""
+    green = snapshot(bound=(CUDA, CPU))
+    assert green.provider_probe is not None
+    load_error = ("[E:onnxruntime:Default, provider_bridge_ort.cc:2430] Failed to load library "
+                  "libonnxruntime_providers_tensorrt.so with error: libnvinfer.so.10: cannot "
+                  "open shared object file: No such file or directory")
+    probe = green.provider_probe.model_copy(update={"log_hits": (
+        LogHit(source="onnxruntime-log", line=4, category="cpu-fallback",
+               phrase="ort-ep-error-retry", text="Falling back to [...] and retrying."),
+        LogHit(source="onnxruntime-log", line=11, category="provider-create-failed",
+               phrase="ort-provider-library-load", text=load_error))})
+    green = green.model_copy(update={"provider_probe": probe})
+    report = check_capability(CapabilityRequirements(require_providers=(TRT,)), green)
+    (v,) = report.violations
+    assert v.check == "providers.required" and v.observed == [CUDA]
+    assert "provider failed to load: " in v.message and "libnvinfer.so.10" in v.message
+    report = check_capability(CapabilityRequirements(require_providers=(CUDA,)), green)
+    assert report.admitted  # the bound provider is not blamed for the other one's library
+
+
 def test_cpu_behind_a_gpu_provider_is_not_a_fallback() -> None:
     """ORT always appends the CPU EP for shape ops; forbidding CPU must not refuse that."""
     green = snapshot(bound=(CUDA, CPU))
