@@ -105,7 +105,8 @@ async def run_canary(config: CanaryConfig, *, records_dir: str | Path | None = N
             (:mod:`gates.canary.records`); nothing is written when ``None``.
         on_progress: called with the state after a finished slice, at most ten times a
             second, and after the slice that ends the run by deciding or by the budget.
-        transport: an httpx transport for both arms (tests); the network otherwise.
+        transport: an httpx transport for both arms (tests); otherwise each client gets its own
+            :class:`gates.wire.TimedTransport` (socket-side timing).
         should_stop: returns why the run must stop now (e.g. ``"abort requested by user"``)
             or ``None``; asked after each finished slice and every 0.25 s (module docstring).
             On a reason, everything in flight is cancelled and the result has ``stopped_by``
