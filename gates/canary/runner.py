@@ -55,10 +55,9 @@ each is also judged on its own (:mod:`gates.canary.evaluation`).
 Connections: each request in flight uses a small httpx client of its instance, reused by later
 requests (an open-loop slice takes one client per instance it reaches). Its transport is
 :class:`gates.wire.TimedTransport`, which stamps each answer's last byte at the socket, so the
-client's own work on other answers never becomes latency.
-httpcore's pool scans every connection for every request, so one shared pool with 64
-connections costs milliseconds of client CPU per request at concurrency 32, which is latency
-added to whatever finishes meanwhile; small clients keep each pool at ``K`` connections or fewer.
+client's own work on other answers never becomes latency. Small clients also keep each
+connection pool at ``K`` connections or fewer (one shared pool of 64 cost milliseconds of client
+CPU per request at concurrency 32 when the canary used httpcore's pool).
 
 The pieces: the settings (:mod:`gates.canary.config`), one request
 (:mod:`gates.canary.exchange`), the loops (:mod:`gates.canary.loops`), what a run reports

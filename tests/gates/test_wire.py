@@ -9,6 +9,7 @@ import gzip
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,9 @@ def test_stamps_are_ordered_and_keep_alive_reuses_one_connection() -> None:
         assert isinstance(t, WireTiming)
         assert t.sent is not None and t.complete is not None
         assert t.start <= t.sent <= t.complete
+        # Linux stamps plain TCP in the kernel: a silent fall back to the callback's clock
+        # would bring back the very delay this transport exists to remove.
+        assert t.kernel is (sys.platform == "linux")
 
 
 def test_a_server_that_asks_to_close_gets_a_new_connection_next_time() -> None:
@@ -216,6 +220,7 @@ def test_tls_with_verification_off_and_refused_with_it_on(tmp_path: Path) -> Non
     with raw_server(answer(b'{"tls": 1}'), tls=server_tls) as (url, _):
         (r,) = asyncio.run(fetch(url, ssl_context=off))
         assert r.json() == {"tls": 1}
+        assert r.extensions[WIRE_TIMING].kernel is False  # TLS: the read callback's clock
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             asyncio.run(fetch(url))  # the system's verification: self-signed is refused
 
