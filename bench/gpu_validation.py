@@ -96,6 +96,8 @@ def case_servers(case: str) -> tuple[str, ...]:
     return (blue, *green.split("+"))
 
 
+SMOKE_MAX_RATIO = 1.5
+
 WORKLOADS: dict[str, tuple[int, int]] = {"512": (512, 25), "1024": (1024, 50), "512s5": (512, 5)}
 
 
@@ -255,7 +257,8 @@ def prompts_for(workload: str, work: Path, smoke: bool) -> Path:
 
 
 def rollout_policy(urls: dict[str, list[str]], router: dict[str, Any], same_path: bool,
-                   prompts: Path, budget: int, concurrency: int) -> dict[str, Any]:
+                   prompts: Path, budget: int, concurrency: int,
+                   max_ratio: float = 1.1) -> dict[str, Any]:
     return {
         "apiVersion": "rollout-gates.dev/v1alpha1", "kind": "RolloutPolicy",
         "metadata": {"name": "gpu"},
@@ -267,7 +270,7 @@ def rollout_policy(urls: dict[str, list[str]], router: dict[str, Any], same_path
                        "concurrency": concurrency, "bluePerGreen": 1, "warmupRequests": 4,
                        "timeoutSeconds": 120, "deadlineSeconds": 240},
             "admission": {"samePathAsBlue": same_path},
-            "gates": [{"type": "latency", "name": "p95", "maxRatio": 1.1, "alpha": 0.01},
+            "gates": [{"type": "latency", "name": "p95", "maxRatio": max_ratio, "alpha": 0.01},
                       {"type": "error-rate", "name": "errors", "maxRate": 0.02}],
             "rollback": {"onInconclusive": "rollback"},
         },
@@ -301,8 +304,12 @@ def rollout(h: Harness, case: str, budget: int, concurrency: int) -> dict[str, A
                                   green=urls["green"][0].removeprefix("http://"))
         router = {"type": "haproxy", "socket": str(sock)}
     policy = h.work / f"policy-{case}.yaml"
+    # Smoke runs put both servers and the client on the same few CPU cores: whichever server
+    # shares a core with the client is slower by the scheduler's choice, a difference the socket
+    # clock measures faithfully. The GPU run keeps the 10% margin it validates.
     policy.write_text(yaml.safe_dump(rollout_policy(
-        urls, router, same_path, prompts_for("512", h.work, h.smoke), budget, concurrency)))
+        urls, router, same_path, prompts_for("512", h.work, h.smoke), budget, concurrency,
+        max_ratio=SMOKE_MAX_RATIO if h.smoke else 1.1)))
     state = h.work / f"state-{case}"
     cli = [sys.executable, "-m", "rollout.cli"]
     t0 = time.monotonic()
